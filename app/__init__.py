@@ -1,0 +1,3 @@
+"""Coupon service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,77 @@
+"""The database engine and the request's session: one transaction per request."""
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.errors import AppError
+from app.settings import Settings
+
+
+def create_engine(settings: Settings, url: str) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        # A connection broken by a database restart is replaced instead of failing a request.
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": "coupon-service"}},
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: objects stay readable after the commit, without lazy loads.
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """Commit once when the endpoint succeeded, roll back on any error.
+
+    Used with ``scope="function"`` so the commit runs before the response is sent:
+    a failed commit becomes an error response, never a success the database lost."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await session.commit()
+
+
+Session = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+
+
+def _unique_violation(exc: IntegrityError) -> str | None:
+    """The name of the unique constraint or index an insert/update hit, if that is the error."""
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    if getattr(cause, "sqlstate", None) == "23505":
+        return str(getattr(cause, "constraint_name", ""))
+    return None
+
+
+async def flush_unique(
+    session: AsyncSession, apply: Callable[[], object], *, index: str, conflict: AppError
+) -> None:
+    """Run ``apply`` (which adds or changes objects) and flush it in a savepoint: a clash
+    on the unique ``index`` raises ``conflict`` and leaves the transaction usable.
+
+    The changes are made inside the savepoint because ``begin_nested`` first flushes
+    whatever is pending, which would put a clash outside it."""
+    try:
+        async with session.begin_nested():
+            apply()
+            await session.flush()
+    except IntegrityError as exc:
+        if _unique_violation(exc) != index:
+            raise
+        raise conflict from None

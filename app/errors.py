@@ -1,0 +1,303 @@
+"""Errors as RFC 9457 problem details.
+
+Services raise ``AppError`` subclasses; one set of handlers renders every error,
+the framework's own included, as ``application/problem+json`` with a stable ``type``
+that clients branch on. No traceback ever reaches a caller."""
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import sqlalchemy.exc
+from asgi_correlation_id import correlation_id
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_TYPE_PREFIX = "urn:coupons:problem:"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def problem_type(slug: str) -> str:
+    return PROBLEM_TYPE_PREFIX + slug
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Path to the offending field, e.g. body.label")
+    message: str
+    type: str = Field(description="Machine-readable error code from the validator")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem. Extra members (``errors``, ``request_id``, counts…) may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=[problem_type("not-found")])
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(default=None, description="The request path")
+    request_id: str | None = None
+    errors: list[FieldError] | None = Field(
+        default=None, description="Field errors, for validation problems"
+    )
+
+
+class AppError(Exception):
+    """A refusal the caller can act on. Subclasses fix ``slug``, ``title`` and ``status``."""
+
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal server error"
+    status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+class Unauthorized(AppError):
+    slug, title, status = "unauthorized", "Missing or invalid API key", 401
+
+
+class Forbidden(AppError):
+    slug, title, status = "forbidden", "The API key lacks the scope for this operation", 403
+
+
+class NotFound(AppError):
+    slug, title, status = "not-found", "Not found", 404
+
+
+class Conflict(AppError):
+    slug, title, status = "conflict", "Conflict with the current state", 409
+
+
+class KeyTaken(Conflict):
+    slug, title = "key-taken", "The key is already used by another coupon set"
+
+
+class NameTaken(Conflict):
+    slug, title = "name-taken", "The name is already used in this coupon set"
+
+
+class PoolsNotSupported(Conflict):
+    slug, title = "pools-not-supported", "Shared coupon sets have no pools"
+
+
+class DefaultPoolProtected(Conflict):
+    slug, title = "default-pool-protected", "The default pool cannot be renamed or deleted"
+
+
+class LastAdminKey(Conflict):
+    slug, title = "last-admin-key", "The last active admin key cannot be revoked"
+
+
+class PayloadTooLarge(AppError):
+    slug, title, status = "payload-too-large", "Request body too large", 413
+
+
+class ValidationFailed(AppError):
+    slug, title, status = "validation-error", "The request is not valid", 422
+
+
+class InvalidCursor(AppError):
+    slug, title, status = "invalid-cursor", "The pagination cursor is not valid", 422
+
+
+class ServiceUnavailable(AppError):
+    slug, title, status = "service-unavailable", "Service temporarily unavailable", 503
+
+
+# Types the framework itself produces, by status code.
+_HTTP_SLUGS: dict[int, str] = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    429: "too-many-requests",
+}
+
+
+def problem_response(
+    request: Request,
+    *,
+    slug: str,
+    title: str,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": problem_type(slug),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": correlation_id.get(),
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return problem_response(
+        request,
+        slug=exc.slug,
+        title=exc.title,
+        status=exc.status,
+        detail=exc.detail,
+        headers=exc.headers,
+        **exc.extensions,
+    )
+
+
+def field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors without ``input`` or ``ctx``: they can echo secrets or objects."""
+    return [
+        {"loc": list(error.get("loc", ())), "message": error.get("msg", ""), "type": error["type"]}
+        for error in errors
+    ]
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = field_errors(exc.errors())
+    first = errors[0] if errors else None
+    detail = (
+        f"{'.'.join(str(part) for part in first['loc'])}: {first['message']}"
+        if first
+        else "The request is not valid"
+    )
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more)"
+    return problem_response(
+        request,
+        slug=ValidationFailed.slug,
+        title=ValidationFailed.title,
+        status=422,
+        detail=detail,
+        errors=errors,
+    )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Starlette's 405 names only the first route of the path; list them all."""
+    allowed = [
+        method
+        for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    headers = dict(exc.headers) if exc.headers else {}
+    if status == 405:
+        headers["Allow"] = _allowed_methods(request)
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
+    return problem_response(
+        request,
+        slug=_HTTP_SLUGS.get(status, f"http-{status}"),
+        title=phrase,
+        status=status,
+        detail=detail,
+        headers=headers,
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Runs in Starlette's outermost middleware, outside the request-id middleware,
+    # so the id is put on the response here.
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    response = problem_response(
+        request,
+        slug="internal-error",
+        title="Internal server error",
+        status=500,
+        detail="An unexpected error occurred; it has been logged with the request id.",
+    )
+    if request_id := correlation_id.get():
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status it can refuse with, as problem+json.
+
+    Every route can also answer 401/403 (auth), 413 (body size), 422 (validation) and
+    503 (database unavailable), added here."""
+    always: tuple[type[AppError], ...] = (
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        ValidationFailed,
+        ServiceUnavailable,
+    )
+    by_status: dict[int, list[type[AppError]]] = {}
+    for error in (*always, *errors):
+        by_status.setdefault(error.status, []).append(error)
+    return {
+        status: {
+            "description": "; ".join(
+                f"`{problem_type(e.slug)}`: {e.title}" for e in dict.fromkeys(kinds)
+            ),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status, kinds in sorted(by_status.items())
+    }
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The pool is exhausted or PostgreSQL is unreachable: a retry later can succeed.
+    logger.warning("database unavailable: %s", type(exc).__name__)
+    return problem_response(
+        request,
+        slug=ServiceUnavailable.slug,
+        title=ServiceUnavailable.title,
+        status=503,
+        detail="The database is unavailable or busy; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    OSError,
+)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for error in DATABASE_UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, _database_unavailable)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,106 @@
+"""The application: middleware, routers, error handlers, and the start-up work."""
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import __version__
+from app.db import create_engine, create_sessionmaker
+from app.errors import Problem, install_error_handlers
+from app.limits import BodySizeLimitMiddleware
+from app.routers import api_keys, coupon_sets, health, pools
+from app.services import api_keys as api_key_service
+from app.settings import Settings, redact_url
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Manage marketing coupons end to end: coupon sets, pools of single-use codes,
+handing one code to one recipient, redemptions and statistics.
+
+Every route but `/healthz`, `/readyz` and the documentation needs an API key:
+`Authorization: Bearer <key>`. Errors are `application/problem+json` (RFC 9457)
+with a stable `type` to branch on.
+"""
+
+
+async def _provision_admin_key(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    async with sessionmaker.begin() as session:
+        if settings.admin_api_key is not None:
+            await api_key_service.provision_admin_key(
+                session,
+                secret=settings.admin_api_key.get_secret_value(),
+                name="admin (COUPONS_ADMIN_API_KEY)",
+            )
+            return
+        if settings.environment != "development":
+            return
+        secret = await api_key_service.create_bootstrap_admin_key(session)
+    if secret is not None:
+        # Printed once to the console, never through logging: log files outlive consoles.
+        print(
+            "\n  No admin API key existed, so one was created. It is shown only now:\n\n"
+            f"      {secret}\n\n"
+            "  Use it as 'Authorization: Bearer <key>'. Set COUPONS_ADMIN_API_KEY to choose "
+            "your own.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """The generated document, plus the Problem schema every error response refers to."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(problem.pop("$defs", {}))
+        components["Problem"] = problem
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: Settings, *, database_url: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings, database_url)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        logger.info("using database %s", redact_url(database_url))
+        await _provision_admin_key(app.state.sessionmaker, settings)
+        yield
+        await engine.dispose()
+
+    app = FastAPI(
+        title="Coupon service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+        # operationIds are the Python function names: stable, readable in generated clients.
+        generate_unique_id_function=lambda route: route.name,
+    )
+    app.state.settings = settings
+    app.state.metrics_registry = CollectorRegistry()
+    install_error_handlers(app)
+    for router in (health.router, api_keys.router, coupon_sets.router, pools.router):
+        app.include_router(router)
+
+    Instrumentator(excluded_handlers=["/metrics"], registry=app.state.metrics_registry).instrument(
+        app
+    )
+    # Outermost, so every log line of the request and every response carry the id.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,170 @@
+"""Coupon sets: one offer, either one shared code or a stock of unique codes."""
+
+import enum
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from sqlalchemy import CheckConstraint, Index, String, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Entity
+from app.models.common import Description, Label, Metadata
+from app.pagination import Page
+
+
+class SetKind(enum.StrEnum):
+    unique = "unique"
+    shared = "shared"
+
+
+class SetStatus(enum.StrEnum):
+    active = "active"
+    archived = "archived"
+
+
+class CouponSet(Entity, Base):
+    __tablename__ = "coupon_sets"
+    __table_args__ = (
+        # Keys are found case-insensitively, so they are unique case-insensitively.
+        Index("uq_coupon_sets_key_lower", func.lower(text("key")), unique=True),
+        Index("ix_coupon_sets_created_at_id", "created_at", "id"),
+        CheckConstraint("kind IN ('unique', 'shared')", name="kind"),
+        CheckConstraint("status IN ('active', 'archived')", name="status"),
+        CheckConstraint("(kind = 'shared') = (shared_code IS NOT NULL)", name="shared_code"),
+        CheckConstraint("max_uses IS NULL OR (kind = 'shared' AND max_uses > 0)", name="max_uses"),
+        CheckConstraint(
+            "valid_from IS NULL OR valid_until IS NULL OR valid_from < valid_until",
+            name="validity_window",
+        ),
+    )
+
+    key: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str]
+    description: Mapped[str | None]
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=SetStatus.active)
+    shared_code: Mapped[str | None]
+    max_uses: Mapped[int | None]
+    valid_from: Mapped[datetime | None]
+    valid_until: Mapped[datetime | None]
+    # "metadata" is taken by SQLAlchemy's declarative base; the column keeps the API's name.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'"))
+
+
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,63}$"
+_UUID_SHAPE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+
+
+def _not_uuid_shaped(value: str) -> str:
+    # A path segment that looks like a UUID is read as an id, so a key may not look like one.
+    if _UUID_SHAPE.match(value):
+        raise ValueError("must not look like a UUID")
+    return value
+
+
+SetKey = Annotated[
+    str,
+    StringConstraints(pattern=KEY_PATTERN),
+    AfterValidator(_not_uuid_shaped),
+    Field(
+        description="Unique, URL-safe name of the set (case-insensitive), used in paths "
+        "and templates. Letters, digits, '.', '_', '~', '-'; at most 64.",
+        examples=["spring-sale-2026"],
+    ),
+]
+
+SharedCode = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+    Field(description="The one code every recipient of a shared set gets", examples=["WELCOME15"]),
+]
+
+
+def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> None:
+    if valid_from is not None and valid_until is not None and valid_from >= valid_until:
+        raise ValueError("valid_from must be before valid_until")
+
+
+class CouponSetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label
+    key: SetKey | None = Field(default=None, description="Generated from the label when absent")
+    kind: SetKind = SetKind.unique
+    shared_code: SharedCode | None = None
+    max_uses: int | None = Field(
+        default=None, ge=1, le=2_000_000_000, description="Shared sets: redemptions allowed in all"
+    )
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+    description: Description | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.kind is SetKind.shared and self.shared_code is None:
+            raise ValueError("a shared set needs its shared_code")
+        if self.kind is SetKind.unique and self.shared_code is not None:
+            raise ValueError("shared_code is only for shared sets; unique sets hold many codes")
+        if self.kind is SetKind.unique and self.max_uses is not None:
+            raise ValueError("max_uses is only for shared sets; each unique code is used once")
+        _check_window(self.valid_from, self.valid_until)
+        return self
+
+
+class CouponSetUpdate(BaseModel):
+    """Only the fields sent change; null clears an optional field. The kind is fixed
+    at creation and the status changes through archive/unarchive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label | None = None
+    key: SetKey | None = None
+    shared_code: SharedCode | None = None
+    max_uses: int | None = Field(default=None, ge=1, le=2_000_000_000)
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+    description: Description | None = None
+    metadata: Metadata | None = None
+
+    @model_validator(mode="after")
+    def _required_stay_set(self) -> Self:
+        for name in ("label", "key", "shared_code", "metadata"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class CouponSetPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    key: str
+    label: str
+    description: str | None
+    kind: SetKind
+    status: SetStatus
+    shared_code: str | None
+    max_uses: int | None
+    valid_from: datetime | None
+    valid_until: datetime | None
+    metadata: dict[str, Any] = Field(validation_alias="metadata_")
+    created_at: datetime
+    updated_at: datetime
+
+
+class CouponSetPage(Page[CouponSetPublic]):
+    pass

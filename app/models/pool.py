@@ -1,0 +1,50 @@
+"""Pools: named child stocks of a unique set, so each recipient gets a fitting code."""
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import ForeignKey, Index, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Entity
+from app.models.common import Label
+
+DEFAULT_POOL = "default"
+MAX_POOLS_PER_SET = 1000
+
+
+class Pool(Entity, Base):
+    __tablename__ = "pools"
+    __table_args__ = (
+        Index("uq_pools_set_id_name_lower", "set_id", func.lower(text("name")), unique=True),
+    )
+
+    set_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("coupon_sets.id", ondelete="CASCADE"))
+    name: Mapped[str]
+
+
+class PoolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Label
+
+
+class PoolUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Label
+
+
+class PoolPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    set_id: uuid.UUID
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class PoolList(BaseModel):
+    items: list[PoolPublic]

@@ -1,0 +1,86 @@
+"""Cursor pagination over (created_at, id), newest first.
+
+A cursor is the position of the last row of a page, opaque to clients. Keyset
+pagination stays fast on any page and never skips or repeats a row while rows
+are added."""
+
+import base64
+import binascii
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Depends, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import Select, tuple_
+
+from app.errors import InvalidCursor
+from app.models.base import Entity
+
+MAX_PAGE_SIZE = 200
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page"
+    )
+
+
+P = TypeVar("P", bound=Page[Any])
+
+
+class PageParams(BaseModel):
+    limit: int
+    cursor: str | None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=cursor)
+
+
+def encode_cursor(row: Entity) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, row_id = raw.split("|")
+        position = datetime.fromisoformat(created_at), uuid.UUID(row_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor("The cursor was not issued by this API or is damaged.") from None
+    if position[0].tzinfo is None:
+        raise InvalidCursor("The cursor was not issued by this API or is damaged.")
+    return position
+
+
+def paginate(stmt: Select[Any], model: type[Entity], params: PageParams) -> Select[Any]:
+    """Order newest first and start after the cursor; fetches one extra row to tell
+    whether another page follows."""
+    if params.cursor is not None:
+        created_at, row_id = decode_cursor(params.cursor)
+        stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(created_at, row_id))
+    return stmt.order_by(model.created_at.desc(), model.id.desc()).limit(params.limit + 1)
+
+
+def build_page(page_model: type[P], rows: Sequence[Entity], params: PageParams) -> P:
+    """The page of a response from the rows ``paginate`` fetched (one more than asked)."""
+    items = rows[: params.limit]
+    more = len(rows) > params.limit
+    return page_model.model_validate(
+        {"items": items, "next_cursor": encode_cursor(items[-1]) if more else None},
+        from_attributes=True,
+    )
+
+
+PageQuery = Annotated[PageParams, Depends(page_params)]

@@ -1,0 +1,55 @@
+"""/v1/api-keys: create (the secret is shown once), list, get, revoke. Admin scope."""
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from app.auth import AdminKey
+from app.db import Session
+from app.errors import LastAdminKey, NotFound, problem_responses
+from app.models.api_key import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPage, ApiKeyPublic
+from app.pagination import PageQuery, build_page
+from app.services import api_keys
+
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an API key",
+    description="Answers the key with its `secret`, which is shown only this once.",
+    responses=problem_responses(),
+)
+async def create_api_key(
+    caller: AdminKey, body: ApiKeyCreate, session: Session, response: Response
+) -> ApiKeyCreated:
+    key, secret = await api_keys.create_api_key(session, data=body, created_by=caller)
+    response.headers["Location"] = f"{router.prefix}/{key.id}"
+    return ApiKeyCreated(**ApiKeyPublic.model_validate(key).model_dump(), secret=secret)
+
+
+@router.get("", summary="List API keys, newest first", responses=problem_responses())
+async def list_api_keys(_: AdminKey, session: Session, page: PageQuery) -> ApiKeyPage:
+    return build_page(ApiKeyPage, await api_keys.list_api_keys(session, params=page), page)
+
+
+@router.get(
+    "/{key_id}",
+    summary="Get an API key",
+    response_model=ApiKeyPublic,
+    responses=problem_responses(NotFound),
+)
+async def get_api_key(_: AdminKey, key_id: uuid.UUID, session: Session) -> ApiKey:
+    return await api_keys.get_api_key(session, key_id)
+
+
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke an API key",
+    description="The key stops working at once. Revoking a revoked key changes nothing.",
+    responses=problem_responses(NotFound, LastAdminKey),
+)
+async def revoke_api_key(_: AdminKey, key_id: uuid.UUID, session: Session) -> None:
+    await api_keys.revoke_api_key(session, key_id=key_id)

@@ -1,0 +1,125 @@
+"""/v1/coupon-sets: create, search, get by id or key, update, archive, delete."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+
+from app.auth import ReadKey, WriteKey
+from app.db import Session
+from app.errors import KeyTaken, NotFound, problem_responses
+from app.models.coupon_set import (
+    CouponSet,
+    CouponSetCreate,
+    CouponSetPage,
+    CouponSetPublic,
+    CouponSetUpdate,
+    SetKind,
+    SetStatus,
+)
+from app.pagination import PageQuery, build_page
+from app.services import coupon_sets
+
+router = APIRouter(prefix="/v1/coupon-sets", tags=["coupon-sets"])
+
+
+async def _coupon_set(
+    set_id: Annotated[
+        str, Path(min_length=1, max_length=64, description="The set's id or its key")
+    ],
+    session: Session,
+) -> CouponSet:
+    return await coupon_sets.get_coupon_set(session, set_id)
+
+
+CouponSetRef = Annotated[CouponSet, Depends(_coupon_set)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a coupon set",
+    description="A `unique` set gets its `default` pool; a `shared` set needs its "
+    "`shared_code`. The `key` is generated from the label when absent.",
+    response_model=CouponSetPublic,
+    responses=problem_responses(KeyTaken),
+)
+async def create_coupon_set(
+    _: WriteKey, body: CouponSetCreate, session: Session, response: Response
+) -> CouponSet:
+    coupon_set = await coupon_sets.create_coupon_set(session, data=body)
+    response.headers["Location"] = f"{router.prefix}/{coupon_set.id}"
+    return coupon_set
+
+
+@router.get("", summary="Search coupon sets, newest first", responses=problem_responses())
+async def list_coupon_sets(
+    session: Session,
+    _: ReadKey,
+    page: PageQuery,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="Part of the label or key, case-insensitive"),
+    ] = None,
+    kind: SetKind | None = None,
+    status: SetStatus | None = None,
+) -> CouponSetPage:
+    rows = await coupon_sets.list_coupon_sets(session, q=q, kind=kind, status=status, params=page)
+    return build_page(CouponSetPage, rows, page)
+
+
+@router.get(
+    "/{set_id}",
+    summary="Get a coupon set by id or key",
+    response_model=CouponSetPublic,
+    responses=problem_responses(NotFound),
+)
+async def get_coupon_set(_: ReadKey, coupon_set: CouponSetRef) -> CouponSet:
+    return coupon_set
+
+
+@router.patch(
+    "/{set_id}",
+    summary="Update a coupon set",
+    description="Changes only the fields sent; `null` clears an optional field. "
+    "Unknown fields, `kind` and `status` are refused.",
+    response_model=CouponSetPublic,
+    responses=problem_responses(NotFound, KeyTaken),
+)
+async def update_coupon_set(
+    _: WriteKey, body: CouponSetUpdate, coupon_set: CouponSetRef, session: Session
+) -> CouponSet:
+    return await coupon_sets.update_coupon_set(session, coupon_set=coupon_set, data=body)
+
+
+@router.post(
+    "/{set_id}/archive",
+    summary="Archive a coupon set",
+    description="An archived set hands out and redeems nothing. Archiving twice is harmless.",
+    response_model=CouponSetPublic,
+    responses=problem_responses(NotFound),
+)
+async def archive_coupon_set(_: WriteKey, coupon_set: CouponSetRef, session: Session) -> CouponSet:
+    return await coupon_sets.set_status(session, coupon_set=coupon_set, status=SetStatus.archived)
+
+
+@router.post(
+    "/{set_id}/unarchive",
+    summary="Make an archived coupon set active again",
+    response_model=CouponSetPublic,
+    responses=problem_responses(NotFound),
+)
+async def unarchive_coupon_set(
+    _: WriteKey, coupon_set: CouponSetRef, session: Session
+) -> CouponSet:
+    return await coupon_sets.set_status(session, coupon_set=coupon_set, status=SetStatus.active)
+
+
+@router.delete(
+    "/{set_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a coupon set",
+    description="Deletes the set and its pools.",
+    responses=problem_responses(NotFound),
+)
+async def delete_coupon_set(_: WriteKey, coupon_set: CouponSetRef, session: Session) -> None:
+    await coupon_sets.delete_coupon_set(session, coupon_set=coupon_set)

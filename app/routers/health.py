@@ -1,0 +1,62 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from app.auth import ReadKey
+from app.errors import ServiceUnavailable, problem_responses
+from app.migrations import head_revisions
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the database answers and its migrations are at head",
+    responses={503: problem_responses(ServiceUnavailable)[503]},
+)
+async def readyz(request: Request) -> Health:
+    try:
+        async with request.app.state.engine.connect() as connection:
+            applied = set(
+                (
+                    await connection.execute(text("SELECT version_num FROM alembic_version"))
+                ).scalars()
+            )
+    except Exception:  # any failure to read the version means "not ready"
+        raise ServiceUnavailable(
+            "The database is unreachable.", headers={"Retry-After": "5"}
+        ) from None
+    if applied != head_revisions():
+        raise ServiceUnavailable(
+            "The database schema is not at the latest migration; run the migrations.",
+            headers={"Retry-After": "5"},
+            applied=sorted(applied),
+        )
+    return Health(status="ready")
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: request counts and latencies per route",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **problem_responses(),
+    },
+)
+async def metrics(_: ReadKey, request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
+    )

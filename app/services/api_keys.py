@@ -1,0 +1,127 @@
+"""API keys: create (secret shown once), list, revoke, find by secret, provision admins.
+
+Keys are bearer secrets of 256 random bits, so a plain SHA-256 is a safe way to store
+them (there is no dictionary to attack) and lets a request find its key by index."""
+
+import hashlib
+import secrets
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, func, or_, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import LastAdminKey, NotFound
+from app.models.api_key import ApiKey, ApiKeyCreate, Scope
+from app.pagination import PageParams, paginate
+
+SECRET_PREFIX = "cpn_"  # noqa: S105 (a marker that makes leaked keys searchable)
+# Shown in lists to tell keys apart: "cpn_" and 8 characters, 48 bits of a 256-bit secret.
+_SHOWN_PREFIX_LENGTH = len(SECRET_PREFIX) + 8
+# Any fixed number: concurrent starts create at most one bootstrap key.
+_BOOTSTRAP_LOCK_ID = 7_412_006_124
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _active() -> list[ColumnElement[bool]]:
+    return [
+        ApiKey.revoked_at.is_(None),
+        or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()),
+    ]
+
+
+async def find_active(session: AsyncSession, *, secret: str) -> ApiKey | None:
+    stmt = select(ApiKey).where(ApiKey.secret_sha256 == hash_secret(secret), *_active())
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def create_api_key(
+    session: AsyncSession, *, data: ApiKeyCreate, created_by: ApiKey | None
+) -> tuple[ApiKey, str]:
+    secret = new_secret()
+    key = ApiKey(
+        name=data.name,
+        prefix=secret[:_SHOWN_PREFIX_LENGTH],
+        secret_sha256=hash_secret(secret),
+        scopes=[scope.value for scope in data.scopes],
+        expires_at=data.expires_at,
+        created_by=created_by.id if created_by else None,
+    )
+    session.add(key)
+    await session.flush()
+    await session.refresh(key)
+    return key, secret
+
+
+async def list_api_keys(session: AsyncSession, *, params: PageParams) -> list[ApiKey]:
+    stmt = paginate(select(ApiKey), ApiKey, params)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
+    key = await session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f"No API key has the id {key_id}.")
+    return key
+
+
+async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID) -> ApiKey:
+    # Lock the active admin keys first: two concurrent revocations cannot both see
+    # "another admin remains" and leave none.
+    admins = (
+        await session.execute(
+            select(ApiKey)
+            .where(ApiKey.scopes.contains([Scope.admin.value]), *_active())
+            .order_by(ApiKey.id)
+            .with_for_update()
+        )
+    ).scalars()
+    admin_ids = {admin.id for admin in admins}
+    key = await get_api_key(session, key_id)
+    if key.revoked_at is not None:
+        return key
+    if admin_ids == {key.id}:
+        raise LastAdminKey(
+            "Create another admin key before revoking this one; otherwise nobody could "
+            "manage the service."
+        )
+    key.revoked_at = datetime.now(UTC)
+    await session.flush()
+    return key
+
+
+async def provision_admin_key(session: AsyncSession, *, secret: str, name: str) -> bool:
+    """Make ``secret`` an admin key unless it is known already. A key revoked through the
+    API stays revoked. Returns whether the key was new."""
+    stmt = (
+        insert(ApiKey)
+        .values(
+            id=uuid.uuid4(),
+            name=name,
+            prefix=secret[:_SHOWN_PREFIX_LENGTH],
+            secret_sha256=hash_secret(secret),
+            scopes=[Scope.admin.value],
+        )
+        .on_conflict_do_nothing(index_elements=[ApiKey.secret_sha256])
+        .returning(ApiKey.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def create_bootstrap_admin_key(session: AsyncSession) -> str | None:
+    """A first admin key when the service has none; returns its secret, or None."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _BOOTSTRAP_LOCK_ID})
+    any_admin = select(ApiKey.id).where(ApiKey.scopes.contains([Scope.admin.value]), *_active())
+    if (await session.execute(any_admin.limit(1))).first() is not None:
+        return None
+    secret = new_secret()
+    await provision_admin_key(session, secret=secret, name="bootstrap admin (generated at start)")
+    return secret

@@ -1,0 +1,165 @@
+"""Coupon sets: create, find by id or key, search, update, archive, delete."""
+
+import re
+import secrets
+import unicodedata
+import uuid
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import flush_unique
+from app.errors import KeyTaken, NotFound, ValidationFailed
+from app.models.coupon_set import (
+    CouponSet,
+    CouponSetCreate,
+    CouponSetUpdate,
+    SetKind,
+    SetStatus,
+)
+from app.models.pool import DEFAULT_POOL, Pool
+from app.pagination import PageParams, paginate
+
+_KEY_INDEX = "uq_coupon_sets_key_lower"
+_KEY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def _generated_key(label: str) -> str:
+    """A readable key from the label plus a random suffix, e.g. ``spring-sale-k3x9qm``."""
+    ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_label.lower()).strip("-")[:48].rstrip("-") or "set"
+    return f"{slug}-{''.join(secrets.choice(_KEY_ALPHABET) for _ in range(6))}"
+
+
+def _like_pattern(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _parse_id(ref: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return None
+
+
+async def get_coupon_set(session: AsyncSession, ref: str) -> CouponSet:
+    """Find a set by its id or, failing that, by its key (case-insensitive)."""
+    set_id = _parse_id(ref)
+    stmt = select(CouponSet).where(
+        CouponSet.id == set_id if set_id else func.lower(CouponSet.key) == ref.lower()
+    )
+    coupon_set = (await session.execute(stmt)).scalar_one_or_none()
+    if coupon_set is None:
+        raise NotFound(f"No coupon set has the id or key '{ref}'.")
+    return coupon_set
+
+
+async def _save(
+    session: AsyncSession, coupon_set: CouponSet, changes: dict[str, Any] | None = None
+) -> None:
+    """Apply ``changes`` and save; a key taken by another set is a clean 409."""
+    changes = changes or {}
+
+    def apply() -> None:
+        for name, value in changes.items():
+            setattr(coupon_set, name, value)
+        session.add(coupon_set)
+
+    key = changes.get("key", coupon_set.key)
+    taken = KeyTaken(f"Another coupon set already uses the key '{key}'.")
+    await flush_unique(session, apply, index=_KEY_INDEX, conflict=taken)
+
+
+async def create_coupon_set(session: AsyncSession, *, data: CouponSetCreate) -> CouponSet:
+    fields = data.model_dump(exclude={"key", "metadata"})
+    coupon_set = CouponSet(**fields, key=data.key or "", metadata_=data.metadata)
+    if data.key is not None:
+        await _save(session, coupon_set)
+    else:
+        # Six random characters make a clash rare; retry the few times it happens.
+        for attempt in range(5):
+            coupon_set.key = _generated_key(data.label)
+            try:
+                await _save(session, coupon_set)
+                break
+            except KeyTaken:
+                if attempt == 4:
+                    raise
+    if coupon_set.kind == SetKind.unique:
+        session.add(Pool(set_id=coupon_set.id, name=DEFAULT_POOL))
+        await session.flush()
+    await session.refresh(coupon_set)
+    return coupon_set
+
+
+async def list_coupon_sets(
+    session: AsyncSession,
+    *,
+    q: str | None,
+    kind: SetKind | None,
+    status: SetStatus | None,
+    params: PageParams,
+) -> list[CouponSet]:
+    stmt = select(CouponSet)
+    if q:
+        pattern = _like_pattern(q)
+        stmt = stmt.where(or_(CouponSet.label.ilike(pattern), CouponSet.key.ilike(pattern)))
+    if kind is not None:
+        stmt = stmt.where(CouponSet.kind == kind)
+    if status is not None:
+        stmt = stmt.where(CouponSet.status == status)
+    return list((await session.execute(paginate(stmt, CouponSet, params))).scalars())
+
+
+async def update_coupon_set(
+    session: AsyncSession, *, coupon_set: CouponSet, data: CouponSetUpdate
+) -> CouponSet:
+    changes = data.model_dump(exclude_unset=True)
+    if coupon_set.kind == SetKind.unique:
+        for name in ("shared_code", "max_uses"):
+            if changes.get(name) is not None:
+                raise ValidationFailed(
+                    f"{name} applies to shared sets only; this set is unique.",
+                    errors=[
+                        {
+                            "loc": ["body", name],
+                            "message": "not for unique sets",
+                            "type": "kind_mismatch",
+                        }
+                    ],
+                )
+    valid_from = changes.get("valid_from", coupon_set.valid_from)
+    valid_until = changes.get("valid_until", coupon_set.valid_until)
+    if valid_from is not None and valid_until is not None and valid_from >= valid_until:
+        raise ValidationFailed(
+            "valid_from must be before valid_until.",
+            errors=[
+                {
+                    "loc": ["body", "valid_from"],
+                    "message": "must be before valid_until",
+                    "type": "validity_window",
+                }
+            ],
+        )
+    if "metadata" in changes:
+        changes["metadata_"] = changes.pop("metadata")
+    await _save(session, coupon_set, changes)
+    await session.refresh(coupon_set)
+    return coupon_set
+
+
+async def set_status(
+    session: AsyncSession, *, coupon_set: CouponSet, status: SetStatus
+) -> CouponSet:
+    if coupon_set.status != status:
+        coupon_set.status = status
+        await session.flush()
+        await session.refresh(coupon_set)
+    return coupon_set
+
+
+async def delete_coupon_set(session: AsyncSession, *, coupon_set: CouponSet) -> None:
+    await session.delete(coupon_set)
+    await session.flush()

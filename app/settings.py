@@ -1,0 +1,92 @@
+"""The one settings object, read from the environment once at start."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+Environment = Literal["development", "test", "production"]
+
+_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept the usual spellings of a PostgreSQL URL and point it at asyncpg."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"DATABASE_URL is not a database URL: {exc}") from None
+    if parsed.drivername not in _POSTGRES_SCHEMES:
+        raise ValueError(
+            f"DATABASE_URL must be a PostgreSQL URL (postgresql://...), not {parsed.drivername}://"
+        )
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may appear in logs: the password masked."""
+    parsed: URL = make_url(url)
+    return parsed.render_as_string(hide_password=True)
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment variables use the COUPONS_ prefix,
+    except the conventional DATABASE_URL, HOST and PORT."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COUPONS_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    environment: Environment = "development"
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "COUPONS_DATABASE_URL")
+    )
+    data_dir: Path = Field(default=Path(".data"), description="embedded PostgreSQL data folder")
+    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("HOST", "COUPONS_HOST"))
+    port: int = Field(
+        default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "COUPONS_PORT")
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    admin_api_key: SecretStr | None = None
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return to_asyncpg_url(value.strip())
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _strong_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 24:
+            raise ValueError("COUPONS_ADMIN_API_KEY must be at least 24 characters long")
+        return value
+
+    @model_validator(mode="after")
+    def _no_unsafe_defaults_in_production(self) -> "Settings":
+        if self.environment == "production" and self.database_url is None:
+            raise ValueError(
+                "DATABASE_URL must be set when COUPONS_ENVIRONMENT=production "
+                "(the embedded PostgreSQL is for development and tests)"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
