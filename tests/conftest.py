@@ -1,0 +1,132 @@
+"""Test fixtures: a real PostgreSQL (embedded, or DATABASE_URL's server), migrated once.
+
+Each test session works in a scratch database of its own, so it never touches the
+data of ``make run`` nor of whatever else lives on DATABASE_URL's server. The app
+commits per request like in production, so isolation between tests is by truncation."""
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text as sqltext
+from sqlalchemy.engine import make_url
+
+from app.embedded import EmbeddedPostgres
+from app.main import create_app
+from app.migrations import upgrade
+from app.models import Base
+from app.services.api_keys import provision_admin_key
+from app.settings import Settings, to_asyncpg_url
+
+ADMIN_SECRET = "test-admin-" + "k" * 24
+
+
+def _libpq(url: str) -> str:
+    """asyncpg.connect wants the plain postgresql:// form."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of ``server_url``, dropped afterwards."""
+    name = f"coupons_test_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(_libpq(server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(_libpq(server_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DATABASE_URL when set, else a throw-away embedded PostgreSQL."""
+    if os.environ.get("DATABASE_URL"):
+        yield to_asyncpg_url(os.environ["DATABASE_URL"])
+        return
+    data_dir: Path = tmp_path_factory.mktemp("postgres") / "data"
+    with EmbeddedPostgres(data_dir, delete_on_exit=True) as server:
+        yield server.url()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    async with scratch_database(server_url) as url:
+        await asyncio.to_thread(upgrade, url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(environment="test", database_url=database_url, admin_api_key=ADMIN_SECRET)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings, database_url: str) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, database_url=database_url)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture(autouse=True)
+async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Empty every table after a test that used the app; the admin key comes back."""
+    yield
+    if "app" not in request.fixturenames:
+        return
+    app: FastAPI = request.getfixturevalue("app")
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    async with app.state.sessionmaker.begin() as session:
+        await session.execute(sqltext(f"TRUNCATE {tables} CASCADE"))
+        await provision_admin_key(session, secret=ADMIN_SECRET, name="test admin")
+
+
+def make_client(app: FastAPI, secret: str | None = ADMIN_SECRET) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://test",
+        headers=headers,
+    )
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client holding the admin key."""
+    async with make_client(app) as http:
+        yield http
+
+
+@pytest.fixture
+async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(app, secret=None) as http:
+        yield http
+
+
+@pytest.fixture
+def key_client(
+    app: FastAPI, client: httpx.AsyncClient
+) -> Callable[..., Awaitable[httpx.AsyncClient]]:
+    """``await key_client("read", "assign")``: a client holding a new key with those scopes."""
+
+    async def factory(*scopes: str) -> httpx.AsyncClient:
+        response = await client.post("/v1/api-keys", json={"name": "t", "scopes": list(scopes)})
+        assert response.status_code == 201, response.text
+        return make_client(app, secret=response.json()["secret"])
+
+    return factory

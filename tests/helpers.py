@@ -1,0 +1,20 @@
+"""Small helpers shared by the tests."""
+
+import httpx
+
+PROBLEM = "application/problem+json"
+
+
+def problem_type(response: httpx.Response) -> str:
+    """The last segment of a problem's ``type``, after checking it is problem+json."""
+    assert response.headers["content-type"] == PROBLEM, response.text
+    body = response.json()
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    assert body["status"] == response.status_code
+    return str(body["type"]).rsplit(":", 1)[-1]
+
+
+async def create_set(client: httpx.AsyncClient, **fields: object) -> dict[str, object]:
+    response = await client.post("/v1/coupon-sets", json={"label": "Spring sale", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]

@@ -1,0 +1,41 @@
+"""The committed OpenAPI document is what the app serves, and it is complete."""
+
+import json
+from pathlib import Path
+
+import httpx
+
+from app.openapi import render
+
+COMMITTED = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
+PUBLIC = {"/healthz", "/readyz"}
+
+
+def test_committed_document_is_current() -> None:
+    assert COMMITTED.read_text(encoding="utf-8") == render(), (
+        "openapi/openapi.json is stale: run `make openapi` and commit it"
+    )
+
+
+async def test_served_document_equals_the_committed_one(anonymous: httpx.AsyncClient) -> None:
+    served = (await anonymous.get("/openapi.json")).json()
+    assert served == json.loads(COMMITTED.read_text(encoding="utf-8"))
+
+
+def test_every_operation_is_documented() -> None:
+    document = json.loads(render())
+    operation_ids: list[str] = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            where = f"{method.upper()} {path}"
+            operation_ids.append(operation["operationId"])
+            assert operation.get("summary"), where
+            responses = operation["responses"]
+            if path not in PUBLIC:
+                assert operation.get("security") == [{"ApiKey": []}], where
+                for status in ("401", "403", "422"):
+                    problem = responses[status]["content"]["application/problem+json"]
+                    assert problem["schema"] == {"$ref": "#/components/schemas/Problem"}, where
+    assert len(operation_ids) == len(set(operation_ids))
+    assert "create_coupon_set" in operation_ids
+    assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
