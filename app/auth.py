@@ -17,21 +17,27 @@ _bearer = HTTPBearer(
 )
 
 
+async def current_key(
+    session: Session,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    """The caller's active key; FastAPI caches it for the request."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="coupons"'}
+    if credentials is None:
+        raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.", headers=challenge)
+    key = await api_keys.find_active(session, secret=credentials.credentials)
+    if key is None:
+        raise Unauthorized("The API key is unknown, revoked or expired.", headers=challenge)
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
 def require(scope: Scope) -> object:
     """A dependency that returns the caller's key when it grants ``scope``."""
 
-    async def authorised_key(
-        session: Session,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> ApiKey:
-        challenge = {"WWW-Authenticate": 'Bearer realm="coupons"'}
-        if credentials is None:
-            raise Unauthorized(
-                "Send an API key as 'Authorization: Bearer <key>'.", headers=challenge
-            )
-        key = await api_keys.find_active(session, secret=credentials.credentials)
-        if key is None:
-            raise Unauthorized("The API key is unknown, revoked or expired.", headers=challenge)
+    async def authorised_key(key: CurrentKey) -> ApiKey:
         if not key.grants(scope):
             raise Forbidden(
                 f"This operation needs the '{scope}' scope; this key has "
@@ -46,3 +52,5 @@ def require(scope: Scope) -> object:
 AdminKey = Annotated[ApiKey, require(Scope.admin)]
 WriteKey = Annotated[ApiKey, require(Scope.write)]
 ReadKey = Annotated[ApiKey, require(Scope.read)]
+AssignKey = Annotated[ApiKey, require(Scope.assign)]
+RedeemKey = Annotated[ApiKey, require(Scope.redeem)]

@@ -106,12 +106,92 @@ class LastAdminKey(Conflict):
     slug, title = "last-admin-key", "The last active admin key cannot be revoked"
 
 
+class SetInUse(Conflict):
+    slug, title = "set-in-use", "The coupon set has been used and cannot be deleted"
+
+
+class PoolNotEmpty(Conflict):
+    slug, title = "pool-not-empty", "The pool still holds codes"
+
+
+class WrongSetKind(Conflict):
+    slug, title = "wrong-set-kind", "The operation does not apply to this kind of set"
+
+
+class SetArchived(Conflict):
+    slug, title = "set-archived", "The coupon set is archived"
+
+
+class NotYetValid(Conflict):
+    slug, title = "not-yet-valid", "The coupon set's validity window has not started"
+
+
+class Expired(Conflict):
+    slug, title = "expired", "The coupon set's validity window has ended"
+
+
+class PoolExhausted(Conflict):
+    slug, title = "pool-exhausted", "No code is left in the pool"
+
+
+class AlreadyRedeemed(Conflict):
+    slug, title = "already-redeemed", "The code has been used already"
+
+
+class MaxUsesReached(Conflict):
+    slug, title = "max-uses-reached", "The code has been used as often as allowed"
+
+
+class RecipientMismatch(Conflict):
+    slug, title = "recipient-mismatch", "The code belongs to another recipient"
+
+
+class Voided(Conflict):
+    slug, title = "voided", "The code has been voided"
+
+
+class AmbiguousCode(Conflict):
+    slug, title = "ambiguous-code", "Several coupon sets hold this code; name the set"
+
+
+class InvalidRedemptionState(Conflict):
+    slug, title = "invalid-redemption-state", "The redemption is not in a state that allows this"
+
+
+class HoldExpired(Conflict):
+    slug, title = "hold-expired", "The hold expired before it was confirmed"
+
+
+class IdempotencyKeyInUse(Conflict):
+    slug, title = "idempotency-key-in-use", "A request with this Idempotency-Key is still running"
+
+
 class PayloadTooLarge(AppError):
     slug, title, status = "payload-too-large", "Request body too large", 413
 
 
 class ValidationFailed(AppError):
     slug, title, status = "validation-error", "The request is not valid", 422
+
+
+class CodeSpaceTooSmall(AppError):
+    slug, title, status = "code-space-too-small", "The pattern cannot make that many codes", 422
+
+
+class IdempotencyKeyReused(AppError):
+    slug, title, status = (
+        "idempotency-key-reused",
+        "The Idempotency-Key was used with a different request",
+        422,
+    )
+
+
+class UnknownCode(AppError):
+    slug, title, status = "unknown-code", "No coupon set holds this code", 404
+
+
+class TooManyRequests(AppError):
+    slug, title, status = "too-many-requests", "Too many requests", 429
 
 
 class InvalidCursor(AppError):

@@ -16,7 +16,17 @@ from app import __version__
 from app.db import create_engine, create_sessionmaker
 from app.errors import Problem, install_error_handlers
 from app.limits import BodySizeLimitMiddleware
-from app.routers import api_keys, coupon_sets, health, pools
+from app.ratelimit import RateLimiter
+from app.routers import (
+    api_keys,
+    assignments,
+    audit,
+    codes,
+    coupon_sets,
+    health,
+    pools,
+    redemptions,
+)
 from app.services import api_keys as api_key_service
 from app.settings import Settings, redact_url
 
@@ -93,7 +103,18 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     app.state.settings = settings
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
-    for router in (health.router, api_keys.router, coupon_sets.router, pools.router):
+    app.state.redeem_limiter = RateLimiter(settings.redeem_rate_limit)
+    routers = (
+        health.router,
+        api_keys.router,
+        coupon_sets.router,
+        pools.router,
+        codes.router,
+        assignments.router,
+        redemptions.router,
+        audit.router,
+    )
+    for router in routers:
         app.include_router(router)
 
     Instrumentator(excluded_handlers=["/metrics"], registry=app.state.metrics_registry).instrument(

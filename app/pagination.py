@@ -84,3 +84,24 @@ def build_page(page_model: type[P], rows: Sequence[Entity], params: PageParams) 
 
 
 PageQuery = Annotated[PageParams, Depends(page_params)]
+
+
+def encode_id_cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id|{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_id_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, value = raw.split("|")
+        if tag != "id":
+            raise ValueError(tag)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor("The cursor was not issued by this API or is damaged.") from None
+
+
+def next_id_cursor(ids: Sequence[int], params: PageParams) -> str | None:
+    """For lists ordered by a bigint id: the cursor after the last row shown, if more follow
+    (``ids`` holds one row more than the page when another page exists)."""
+    return encode_id_cursor(ids[params.limit - 1]) if len(ids) > params.limit else None

@@ -4,6 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from limits import parse
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -57,6 +58,16 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    redeem_rate_limit: str = Field(
+        default="100/second",
+        description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",
+    )
+
+    @field_validator("redeem_rate_limit")
+    @classmethod
+    def _parseable_rate(cls, value: str) -> str:
+        parse(value)  # raises ValueError with the reason
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -2,8 +2,23 @@
 every table on ``Base.metadata`` (Alembic compares against it)."""
 
 from app.models.api_key import ApiKey
+from app.models.assignment import SharedAssignment
+from app.models.audit import AuditEvent
 from app.models.base import Base
+from app.models.code import Code
 from app.models.coupon_set import CouponSet
+from app.models.idempotency import IdempotencyRecord
 from app.models.pool import Pool
+from app.models.redemption import Redemption
 
-__all__ = ["ApiKey", "Base", "CouponSet", "Pool"]
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "Code",
+    "CouponSet",
+    "IdempotencyRecord",
+    "Pool",
+    "Redemption",
+    "SharedAssignment",
+]

@@ -33,12 +33,18 @@ class SetStatus(enum.StrEnum):
     archived = "archived"
 
 
+class MatchMode(enum.StrEnum):
+    normalized = "normalized"
+    exact = "exact"
+
+
 class CouponSet(Entity, Base):
     __tablename__ = "coupon_sets"
     __table_args__ = (
         # Keys are found case-insensitively, so they are unique case-insensitively.
         Index("uq_coupon_sets_key_lower", func.lower(text("key")), unique=True),
         Index("ix_coupon_sets_created_at_id", "created_at", "id"),
+        Index("ix_coupon_sets_shared_lookup", "shared_lookup"),
         CheckConstraint("kind IN ('unique', 'shared')", name="kind"),
         CheckConstraint("status IN ('active', 'archived')", name="status"),
         CheckConstraint("(kind = 'shared') = (shared_code IS NOT NULL)", name="shared_code"),
@@ -47,6 +53,12 @@ class CouponSet(Entity, Base):
             "valid_from IS NULL OR valid_until IS NULL OR valid_from < valid_until",
             name="validity_window",
         ),
+        CheckConstraint("match_mode IN ('normalized', 'exact')", name="match_mode"),
+        CheckConstraint(
+            "per_recipient_limit IS NULL OR (kind = 'shared' AND per_recipient_limit > 0)",
+            name="per_recipient_limit",
+        ),
+        CheckConstraint("fallback_code IS NULL OR kind = 'unique'", name="fallback_code"),
     )
 
     key: Mapped[str] = mapped_column(String(64))
@@ -55,11 +67,17 @@ class CouponSet(Entity, Base):
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=SetStatus.active)
     shared_code: Mapped[str | None]
+    # The shared code in the form lookups compare (app/models/code.py normalise()).
+    shared_lookup: Mapped[str | None]
     max_uses: Mapped[int | None]
     valid_from: Mapped[datetime | None]
     valid_until: Mapped[datetime | None]
     # "metadata" is taken by SQLAlchemy's declarative base; the column keeps the API's name.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'"))
+    match_mode: Mapped[str] = mapped_column(String(16), server_default=MatchMode.normalized.value)
+    per_recipient_limit: Mapped[int | None]
+    bind_to_recipient: Mapped[bool] = mapped_column(server_default=text("false"))
+    fallback_code: Mapped[str | None]
 
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,63}$"
@@ -112,6 +130,22 @@ class CouponSetCreate(BaseModel):
     valid_until: AwareDatetime | None = None
     description: Description | None = None
     metadata: Metadata = Field(default_factory=dict)
+    match_mode: MatchMode = Field(
+        default=MatchMode.normalized,
+        description="`normalized`: codes match ignoring case, spaces, dashes, dots and "
+        "underscores; `exact`: as typed. Fixed at creation.",
+    )
+    per_recipient_limit: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Shared sets: uses allowed per recipient"
+    )
+    bind_to_recipient: bool = Field(
+        default=False,
+        description="A code may be redeemed only by the recipient it was assigned to",
+    )
+    fallback_code: SharedCode | None = Field(
+        default=None,
+        description="Unique sets: handed out (flagged `fallback`) when the pool is empty",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -121,6 +155,10 @@ class CouponSetCreate(BaseModel):
             raise ValueError("shared_code is only for shared sets; unique sets hold many codes")
         if self.kind is SetKind.unique and self.max_uses is not None:
             raise ValueError("max_uses is only for shared sets; each unique code is used once")
+        if self.kind is SetKind.unique and self.per_recipient_limit is not None:
+            raise ValueError("per_recipient_limit is only for shared sets")
+        if self.kind is SetKind.shared and self.fallback_code is not None:
+            raise ValueError("fallback_code is only for unique sets; a shared code never runs out")
         _check_window(self.valid_from, self.valid_until)
         return self
 
@@ -139,10 +177,13 @@ class CouponSetUpdate(BaseModel):
     valid_until: AwareDatetime | None = None
     description: Description | None = None
     metadata: Metadata | None = None
+    per_recipient_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    bind_to_recipient: bool | None = None
+    fallback_code: SharedCode | None = None
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> Self:
-        for name in ("label", "key", "shared_code", "metadata"):
+        for name in ("label", "key", "shared_code", "metadata", "bind_to_recipient"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         return self
@@ -162,6 +203,10 @@ class CouponSetPublic(BaseModel):
     valid_from: datetime | None
     valid_until: datetime | None
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
+    match_mode: MatchMode
+    per_recipient_limit: int | None
+    bind_to_recipient: bool
+    fallback_code: str | None
     created_at: datetime
     updated_at: datetime
 

@@ -36,12 +36,23 @@ class PoolUpdate(BaseModel):
     name: Label
 
 
+class PoolStock(BaseModel):
+    """Codes of the pool by status; available + assigned + redeemed + void = total."""
+
+    available: int = 0
+    assigned: int = 0
+    redeemed: int = 0
+    void: int = 0
+    total: int = 0
+
+
 class PoolPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
     set_id: uuid.UUID
     name: str
+    stock: PoolStock
     created_at: datetime
     updated_at: datetime
 

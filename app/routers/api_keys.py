@@ -7,11 +7,12 @@ from fastapi import APIRouter, Response, status
 from app.auth import AdminKey
 from app.db import Session
 from app.errors import LastAdminKey, NotFound, problem_responses
+from app.idempotency import IdempotentRoute
 from app.models.api_key import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPage, ApiKeyPublic
 from app.pagination import PageQuery, build_page
 from app.services import api_keys
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=IdempotentRoute)
 
 
 @router.post(

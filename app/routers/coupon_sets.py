@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from app.auth import ReadKey, WriteKey
 from app.db import Session
-from app.errors import KeyTaken, NotFound, problem_responses
+from app.errors import KeyTaken, NotFound, SetInUse, problem_responses
+from app.idempotency import IdempotentRoute
 from app.models.coupon_set import (
     CouponSet,
     CouponSetCreate,
@@ -19,7 +20,7 @@ from app.models.coupon_set import (
 from app.pagination import PageQuery, build_page
 from app.services import coupon_sets
 
-router = APIRouter(prefix="/v1/coupon-sets", tags=["coupon-sets"])
+router = APIRouter(prefix="/v1/coupon-sets", tags=["coupon-sets"], route_class=IdempotentRoute)
 
 
 async def _coupon_set(
@@ -117,9 +118,10 @@ async def unarchive_coupon_set(
 @router.delete(
     "/{set_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a coupon set",
-    description="Deletes the set and its pools.",
-    responses=problem_responses(NotFound),
+    summary="Delete a coupon set that was never used",
+    description="Deletes the set with its pools and codes. Refused with `set-in-use` once "
+    "any code of the set was ever assigned; archive such a set instead.",
+    responses=problem_responses(NotFound, SetInUse),
 )
 async def delete_coupon_set(_: WriteKey, coupon_set: CouponSetRef, session: Session) -> None:
     await coupon_sets.delete_coupon_set(session, coupon_set=coupon_set)

@@ -11,14 +11,18 @@ from app.errors import (
     DefaultPoolProtected,
     NameTaken,
     NotFound,
+    PoolNotEmpty,
     PoolsNotSupported,
     problem_responses,
 )
-from app.models.pool import Pool, PoolCreate, PoolList, PoolPublic, PoolUpdate
+from app.idempotency import IdempotentRoute
+from app.models.pool import Pool, PoolCreate, PoolList, PoolPublic, PoolStock, PoolUpdate
 from app.routers.coupon_sets import CouponSetRef
-from app.services import pools
+from app.services import codes, pools
 
-router = APIRouter(prefix="/v1/coupon-sets/{set_id}/pools", tags=["pools"])
+router = APIRouter(
+    prefix="/v1/coupon-sets/{set_id}/pools", tags=["pools"], route_class=IdempotentRoute
+)
 
 
 async def _pool(
@@ -32,19 +36,31 @@ async def _pool(
 PoolRef = Annotated[Pool, Depends(_pool)]
 
 
+async def _with_stock(session: Session, rows: list[Pool]) -> list[PoolPublic]:
+    stock = await codes.pool_stock(session, set_id=rows[0].set_id) if rows else {}
+    return [
+        PoolPublic.model_validate(
+            {
+                **{f: getattr(p, f) for f in ("id", "set_id", "name", "created_at", "updated_at")},
+                "stock": PoolStock(**stock.get(p.id, {})),
+            }
+        )
+        for p in rows
+    ]
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Create a pool",
-    response_model=PoolPublic,
     responses=problem_responses(NotFound, NameTaken, PoolsNotSupported, Conflict),
 )
 async def create_pool(
     _: WriteKey, body: PoolCreate, coupon_set: CouponSetRef, session: Session, response: Response
-) -> Pool:
+) -> PoolPublic:
     pool = await pools.create_pool(session, coupon_set=coupon_set, name=body.name)
     response.headers["Location"] = f"/v1/coupon-sets/{coupon_set.id}/pools/{pool.id}"
-    return pool
+    return (await _with_stock(session, [pool]))[0]
 
 
 @router.get(
@@ -54,34 +70,33 @@ async def create_pool(
 )
 async def list_pools(_: ReadKey, coupon_set: CouponSetRef, session: Session) -> PoolList:
     rows = await pools.list_pools(session, coupon_set=coupon_set)
-    return PoolList(items=[PoolPublic.model_validate(pool) for pool in rows])
+    return PoolList(items=await _with_stock(session, rows))
 
 
 @router.get(
     "/{pool}",
-    summary="Get a pool by id or name",
-    response_model=PoolPublic,
+    summary="Get a pool by id or name, with its stock",
     responses=problem_responses(NotFound, PoolsNotSupported),
 )
-async def get_pool(_: ReadKey, pool: PoolRef) -> Pool:
-    return pool
+async def get_pool(_: ReadKey, pool: PoolRef, session: Session) -> PoolPublic:
+    return (await _with_stock(session, [pool]))[0]
 
 
 @router.patch(
     "/{pool}",
     summary="Rename a pool",
-    response_model=PoolPublic,
     responses=problem_responses(NotFound, NameTaken, DefaultPoolProtected, PoolsNotSupported),
 )
-async def rename_pool(_: WriteKey, body: PoolUpdate, pool: PoolRef, session: Session) -> Pool:
-    return await pools.rename_pool(session, pool=pool, name=body.name)
+async def rename_pool(_: WriteKey, body: PoolUpdate, pool: PoolRef, session: Session) -> PoolPublic:
+    renamed = await pools.rename_pool(session, pool=pool, name=body.name)
+    return (await _with_stock(session, [renamed]))[0]
 
 
 @router.delete(
     "/{pool}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a pool",
-    responses=problem_responses(NotFound, DefaultPoolProtected, PoolsNotSupported),
+    summary="Delete an empty pool",
+    responses=problem_responses(NotFound, PoolNotEmpty, DefaultPoolProtected, PoolsNotSupported),
 )
 async def delete_pool(_: WriteKey, pool: PoolRef, session: Session) -> None:
     await pools.delete_pool(session, pool=pool)

@@ -10,16 +10,19 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import flush_unique
-from app.errors import KeyTaken, NotFound, ValidationFailed
+from app.errors import KeyTaken, NotFound, SetInUse, ValidationFailed
+from app.models.code import normalise
 from app.models.coupon_set import (
     CouponSet,
     CouponSetCreate,
     CouponSetUpdate,
+    MatchMode,
     SetKind,
     SetStatus,
 )
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, paginate
+from app.services import assignments
 
 _KEY_INDEX = "uq_coupon_sets_key_lower"
 _KEY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -30,6 +33,12 @@ def _generated_key(label: str) -> str:
     ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_label.lower()).strip("-")[:48].rstrip("-") or "set"
     return f"{slug}-{''.join(secrets.choice(_KEY_ALPHABET) for _ in range(6))}"
+
+
+def _shared_lookup(shared_code: str | None, match_mode: str) -> str | None:
+    if shared_code is None:
+        return None
+    return normalise(shared_code, exact=match_mode == MatchMode.exact)
 
 
 def _like_pattern(q: str) -> str:
@@ -74,7 +83,12 @@ async def _save(
 
 async def create_coupon_set(session: AsyncSession, *, data: CouponSetCreate) -> CouponSet:
     fields = data.model_dump(exclude={"key", "metadata"})
-    coupon_set = CouponSet(**fields, key=data.key or "", metadata_=data.metadata)
+    coupon_set = CouponSet(
+        **fields,
+        key=data.key or "",
+        metadata_=data.metadata,
+        shared_lookup=_shared_lookup(data.shared_code, data.match_mode),
+    )
     if data.key is not None:
         await _save(session, coupon_set)
     else:
@@ -118,7 +132,7 @@ async def update_coupon_set(
 ) -> CouponSet:
     changes = data.model_dump(exclude_unset=True)
     if coupon_set.kind == SetKind.unique:
-        for name in ("shared_code", "max_uses"):
+        for name in ("shared_code", "max_uses", "per_recipient_limit"):
             if changes.get(name) is not None:
                 raise ValidationFailed(
                     f"{name} applies to shared sets only; this set is unique.",
@@ -130,6 +144,17 @@ async def update_coupon_set(
                         }
                     ],
                 )
+    if coupon_set.kind == SetKind.shared and changes.get("fallback_code") is not None:
+        raise ValidationFailed(
+            "fallback_code applies to unique sets only; this set is shared.",
+            errors=[
+                {
+                    "loc": ["body", "fallback_code"],
+                    "message": "not for shared sets",
+                    "type": "kind_mismatch",
+                }
+            ],
+        )
     valid_from = changes.get("valid_from", coupon_set.valid_from)
     valid_until = changes.get("valid_until", coupon_set.valid_until)
     if valid_from is not None and valid_until is not None and valid_from >= valid_until:
@@ -145,6 +170,8 @@ async def update_coupon_set(
         )
     if "metadata" in changes:
         changes["metadata_"] = changes.pop("metadata")
+    if "shared_code" in changes:
+        changes["shared_lookup"] = _shared_lookup(changes["shared_code"], coupon_set.match_mode)
     await _save(session, coupon_set, changes)
     await session.refresh(coupon_set)
     return coupon_set
@@ -161,5 +188,13 @@ async def set_status(
 
 
 async def delete_coupon_set(session: AsyncSession, *, coupon_set: CouponSet) -> None:
+    # Lock the set first: an assignment that commits meanwhile would otherwise be lost.
+    await session.execute(
+        select(CouponSet.id).where(CouponSet.id == coupon_set.id).with_for_update()
+    )
+    if await assignments.ever_assigned(session, set_id=coupon_set.id):
+        raise SetInUse(
+            f"Codes of the set '{coupon_set.key}' have been handed out; archive it instead."
+        )
     await session.delete(coupon_set)
     await session.flush()

@@ -2,11 +2,19 @@
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import flush_unique
-from app.errors import Conflict, DefaultPoolProtected, NameTaken, NotFound, PoolsNotSupported
+from app.errors import (
+    Conflict,
+    DefaultPoolProtected,
+    NameTaken,
+    NotFound,
+    PoolNotEmpty,
+    PoolsNotSupported,
+)
+from app.models.code import Code
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.pool import DEFAULT_POOL, MAX_POOLS_PER_SET, Pool
 
@@ -79,5 +87,10 @@ async def rename_pool(session: AsyncSession, *, pool: Pool, name: str) -> Pool:
 
 async def delete_pool(session: AsyncSession, *, pool: Pool) -> None:
     _ensure_not_default(pool)
+    # Lock the pool: codes added meanwhile (their foreign key needs a share lock on it)
+    # wait, then fail; codes already there refuse the deletion.
+    await session.execute(select(Pool.id).where(Pool.id == pool.id).with_for_update())
+    if await session.scalar(select(exists().where(Code.pool_id == pool.id))):
+        raise PoolNotEmpty(f"The pool '{pool.name}' holds codes; void or move them first.")
     await session.delete(pool)
     await session.flush()

@@ -1,0 +1,158 @@
+"""Idempotency-Key on every POST, PATCH and DELETE.
+
+The first successful response (status, body, Location) is stored per API key in the
+same transaction as the request's effects, so either both exist or neither does: a
+crash can never leave an effect without its record (which a retry would repeat) or a
+record without its effect. While a request holds a key, a transaction-scoped advisory
+lock tells a concurrent duplicate to come back later (409); afterwards a retry gets the
+stored response with ``Idempotent-Replayed: true``. The same key with another request
+(method, path, query or body) is refused with 422. Failed requests change nothing and
+store nothing, so retrying them runs them again."""
+
+import hashlib
+import re
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request, Response
+from fastapi.routing import APIRoute
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth import CurrentKey
+from app.db import Session
+from app.errors import AppError, IdempotencyKeyInUse, IdempotencyKeyReused, ValidationFailed
+from app.models.idempotency import IdempotencyRecord
+
+KEEP_FOR = timedelta(hours=24)
+WRITE_METHODS = frozenset({"POST", "PATCH", "DELETE"})
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+_REPLAYED_HEADERS = ("content-type", "location")
+
+
+class _Replay(AppError):
+    """Carries a stored response out of the dependency; rendered as that response."""
+
+    def __init__(self, record: IdempotencyRecord) -> None:
+        super().__init__("replay")
+        self.record = record
+
+
+def replay_response(record: IdempotencyRecord) -> Response:
+    headers = {**record.headers, "Idempotent-Replayed": "true"}
+    return Response(content=record.body, status_code=record.status_code, headers=headers)
+
+
+class _Pending:
+    def __init__(self, owner: str, key: str, fingerprint: str, session: AsyncSession) -> None:
+        self.owner, self.key, self.fingerprint, self.session = owner, key, fingerprint, session
+
+
+async def idempotency_key(
+    request: Request,
+    session: Session,
+    caller: CurrentKey,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Any unique string (a UUID): retries with the same key and body "
+            "get the first response instead of running again. Kept 24 hours.",
+        ),
+    ] = None,
+) -> str | None:
+    if key is None:
+        return None
+    if not _KEY_PATTERN.match(key):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+            errors=[
+                {"loc": ["header", "Idempotency-Key"], "message": "invalid", "type": "value_error"}
+            ],
+        )
+    owner = caller.secret_sha256
+    body = await request.body()
+    fingerprint = hashlib.sha256(
+        b"\n".join(
+            [request.method.encode(), request.url.path.encode(), request.url.query.encode(), body]
+        )
+    ).hexdigest()
+    locked = await session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:owner || '/' || :key, 0))"),
+        {"owner": owner, "key": key},
+    )
+    if not locked:
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still running; retry after it finishes.",
+            headers={"Retry-After": "1"},
+        )
+    record = await session.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.owner == owner,
+            IdempotencyRecord.key == key,
+            IdempotencyRecord.created_at
+            > text(f"now() - interval '{int(KEEP_FOR.total_seconds())} seconds'"),
+        )
+    )
+    if record is not None:
+        if record.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was used with a different request; use a new key."
+            )
+        raise _Replay(record)
+    request.state.idempotency = _Pending(owner, key, fingerprint, session)
+    return key
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+
+
+async def _store(pending: _Pending, response: Response) -> None:
+    headers = {name: value for name, value in response.headers.items() if name in _REPLAYED_HEADERS}
+    values = {
+        "owner": pending.owner,
+        "key": pending.key,
+        "fingerprint": pending.fingerprint,
+        "status_code": response.status_code,
+        "headers": headers,
+        "body": bytes(response.body),
+    }
+    stmt = insert(IdempotencyRecord).values(**values)
+    # An expired record of the same key is replaced; a live one cannot exist here (the
+    # dependency found none while holding the key's lock).
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[IdempotencyRecord.owner, IdempotencyRecord.key],
+        set_={
+            **{k: v for k, v in values.items() if k not in ("owner", "key")},
+            "created_at": text("now()"),
+        },
+    )
+    await pending.session.execute(stmt)
+
+
+class IdempotentRoute(APIRoute):
+    """Adds the Idempotency-Key dependency to write routes and stores their successful
+    responses before the request's transaction commits."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        methods = set(kwargs.get("methods") or ())
+        if methods & WRITE_METHODS:
+            kwargs["dependencies"] = [*(kwargs.get("dependencies") or []), Depends(idempotency_key)]
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except _Replay as replay:
+                return replay_response(replay.record)
+            pending: _Pending | None = getattr(request.state, "idempotency", None)
+            if pending is not None and 200 <= response.status_code < 300:
+                await _store(pending, response)
+            return response
+
+        return handle

@@ -1,0 +1,39 @@
+"""/v1/coupon-sets/{set_id}/audit: the append-only trail of a set's code changes."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.auth import ReadKey
+from app.db import Session
+from app.errors import NotFound, problem_responses
+from app.models.audit import AuditAction, AuditEventPublic, AuditPage
+from app.pagination import PageQuery, next_id_cursor
+from app.routers.coupon_sets import CouponSetRef
+from app.services import audit
+
+router = APIRouter(prefix="/v1/coupon-sets/{set_id}/audit", tags=["audit"])
+
+
+@router.get(
+    "",
+    summary="The audit trail of a set, newest first",
+    description="One row per assignment, redemption, hold, confirm, release, rollback, "
+    "void and code import: who (API key), when, what, and the Idempotency-Key.",
+    responses=problem_responses(NotFound),
+)
+async def list_audit_events(
+    _: ReadKey,
+    coupon_set: CouponSetRef,
+    session: Session,
+    page: PageQuery,
+    action: AuditAction | None = None,
+    code: Annotated[str | None, Query(max_length=100)] = None,
+) -> AuditPage:
+    events = await audit.list_events(
+        session, set_id=coupon_set.id, action=action, code=code, params=page
+    )
+    return AuditPage(
+        items=[AuditEventPublic.model_validate(e) for e in events[: page.limit]],
+        next_cursor=next_id_cursor([e.id for e in events], page),
+    )

@@ -1,0 +1,150 @@
+"""/v1/coupon-sets/{set_id}/codes: add, generate, list, get and void codes of a unique set."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from app.auth import ReadKey, WriteKey
+from app.db import Session
+from app.errors import (
+    AlreadyRedeemed,
+    CodeSpaceTooSmall,
+    NotFound,
+    WrongSetKind,
+    problem_responses,
+)
+from app.idempotency import IdempotencyKey, IdempotentRoute
+from app.models.code import (
+    Code,
+    CodePage,
+    CodePublic,
+    CodesAdd,
+    CodesAdded,
+    CodesGenerate,
+    CodesGenerated,
+    CodeStatus,
+)
+from app.pagination import PageQuery, next_id_cursor
+from app.routers.coupon_sets import CouponSetRef
+from app.services import codes
+
+router = APIRouter(
+    prefix="/v1/coupon-sets/{set_id}/codes", tags=["codes"], route_class=IdempotentRoute
+)
+
+CodeParam = Annotated[
+    str, Path(min_length=1, max_length=100, description="The code, matched as the set matches")
+]
+
+
+def _public(code: Code, pool: str) -> CodePublic:
+    return CodePublic.model_validate(
+        {
+            **{
+                c: getattr(code, c)
+                for c in CodePublic.model_fields
+                if c not in ("pool", "metadata")
+            },
+            "pool": pool,
+            "metadata": code.metadata_,
+        }
+    )
+
+
+@router.post(
+    "",
+    summary="Add a list of codes",
+    description="Up to 10,000 codes. Codes already in the set (compared as the set "
+    "matches codes) or repeated in the list are counted as duplicates; invalid ones are "
+    "rejected with their position and reason. The rest are added.",
+    responses=problem_responses(NotFound, WrongSetKind),
+)
+async def add_codes(
+    _: WriteKey, body: CodesAdd, coupon_set: CouponSetRef, session: Session, key: IdempotencyKey
+) -> CodesAdded:
+    return await codes.add_codes(
+        session, coupon_set=coupon_set, data=body, actor=_, idempotency_key=key
+    )
+
+
+@router.post(
+    "/generate",
+    status_code=201,
+    summary="Generate random codes",
+    description="From a `pattern` (`#` a digit, `?` a letter; e.g. `SPRING-####-????`) or "
+    "a `length` over a `charset`, with optional `prefix`/`suffix`. Codes come from a "
+    "cryptographic random source and are unique within the set. Refused first when the "
+    "shape cannot hold the codes with the margin `min_space_ratio`.",
+    responses=problem_responses(NotFound, WrongSetKind, CodeSpaceTooSmall),
+)
+async def generate_codes(
+    _: WriteKey,
+    body: CodesGenerate,
+    coupon_set: CouponSetRef,
+    session: Session,
+    key: IdempotencyKey,
+) -> CodesGenerated:
+    return await codes.generate_codes(
+        session, coupon_set=coupon_set, data=body, actor=_, idempotency_key=key
+    )
+
+
+@router.get(
+    "",
+    summary="List codes",
+    description="In the order they were added; filter by status, pool or recipient.",
+    responses=problem_responses(NotFound, WrongSetKind),
+)
+async def list_codes(
+    _: ReadKey,
+    coupon_set: CouponSetRef,
+    session: Session,
+    page: PageQuery,
+    status: CodeStatus | None = None,
+    pool: Annotated[str | None, Query(max_length=200)] = None,
+    recipient_id: Annotated[str | None, Query(max_length=200)] = None,
+) -> CodePage:
+    rows = await codes.list_codes(
+        session,
+        coupon_set=coupon_set,
+        status=status,
+        pool=pool,
+        recipient_id=recipient_id,
+        params=page,
+    )
+    return CodePage(
+        items=[_public(code, name) for code, name in rows[: page.limit]],
+        next_cursor=next_id_cursor([code.id for code, _ in rows], page),
+    )
+
+
+@router.get(
+    "/{code}",
+    summary="Get a code",
+    responses=problem_responses(NotFound, WrongSetKind),
+)
+async def get_code(
+    _: ReadKey, coupon_set: CouponSetRef, code: CodeParam, session: Session
+) -> CodePublic:
+    return _public(*await codes.get_code(session, coupon_set=coupon_set, code=code))
+
+
+@router.post(
+    "/{code}/void",
+    summary="Void a code",
+    description="Withdraws an available or assigned code; it can no longer be assigned "
+    "or redeemed. Voiding twice changes nothing; a redeemed code cannot be voided.",
+    responses=problem_responses(NotFound, WrongSetKind, AlreadyRedeemed),
+)
+async def void_code(
+    _: WriteKey,
+    coupon_set: CouponSetRef,
+    code: CodeParam,
+    session: Session,
+    key: IdempotencyKey,
+) -> CodePublic:
+    return _public(
+        *await codes.void_code(
+            session, coupon_set=coupon_set, code=code, actor=_, idempotency_key=key
+        )
+    )

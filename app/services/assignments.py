@@ -1,0 +1,298 @@
+"""Assignment: one code to one recipient, at most once, under any concurrency.
+
+Unique sets: a claim takes one free code of the pool with ``FOR UPDATE SKIP LOCKED``
+(concurrent claims skip each other's rows instead of queueing on them) and writes the
+recipient on it, in the same statement as its audit row. Shared sets: a row in
+``shared_assignments``."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import exists, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Expired, NotYetValid, PoolExhausted, SetArchived
+from app.models.api_key import ApiKey
+from app.models.assignment import AssignmentCreate, AssignmentPublic, SharedAssignment
+from app.models.audit import AuditAction, AuditEvent
+from app.models.code import Code
+from app.models.coupon_set import CouponSet, SetKind, SetStatus
+from app.models.pool import DEFAULT_POOL, Pool
+from app.pagination import PageParams, decode_id_cursor
+from app.services import audit, pools
+from app.services.codes import pool_stock
+
+# Per-process scan hint: the highest id this process claimed in each pool. Free codes
+# are claimed in id order, so the next free one is almost always above it, and the
+# index scan starts there instead of stepping over the entries of claimed rows that
+# vacuum has not removed yet. A miss above the hint retries from the start, so codes
+# freed below it are still found: the hint is only a shortcut, never a filter.
+_scan_hint: dict[uuid.UUID, int] = {}
+
+# Serialises the requests of one recipient in one pool (not the others): the second of
+# two concurrent first requests waits, then finds the first one's code.
+_LOCK_RECIPIENT = text("SELECT pg_advisory_xact_lock(hashtextextended(:pool || '/' || :rid, 0))")
+
+# existing: the recipient's code, if any (skipped for additional codes).
+# picked: one free code above the hint, locked; SKIP LOCKED passes rows other claims
+#   hold. MATERIALIZED and the join on "=" keep it to exactly one row (an IN (subquery)
+#   can lock more: PostgreSQL bug #15715).
+# claimed: the code, now assigned; audited: its audit row, in the same statement.
+_CLAIM = text(
+    """
+    WITH existing AS (
+        SELECT id, code, assigned_at, address, channel, delivery_id, additional,
+               false AS created
+        FROM codes
+        WHERE pool_id = :pool_id AND recipient_id = :rid AND NOT additional
+          AND NOT :additional
+    ), picked AS MATERIALIZED (
+        SELECT id FROM codes
+        WHERE pool_id = :pool_id AND status = 'available' AND id > :after
+          AND NOT EXISTS (SELECT 1 FROM existing)
+        ORDER BY id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE codes AS c
+        SET status = 'assigned', recipient_id = :rid, address = :address,
+            channel = :channel, delivery_id = :delivery_id, additional = :additional,
+            assigned_at = now()
+        FROM picked
+        WHERE c.id = picked.id
+        RETURNING c.id, c.code, c.assigned_at, c.address, c.channel, c.delivery_id,
+                  c.additional, true AS created
+    ), audited AS (
+        INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id,
+                                  idempotency_key, details)
+        SELECT :set_id, 'assign', code, :rid, :api_key_id, :idempotency_key,
+               jsonb_build_object('pool', CAST(:pool_name AS text),
+                                  'delivery_id', CAST(:delivery_id AS text))
+        FROM claimed
+    )
+    SELECT * FROM existing
+    UNION ALL
+    SELECT * FROM claimed
+    """
+)
+
+
+def ensure_usable(coupon_set: CouponSet, *, at: datetime | None = None) -> None:
+    """Refuse an archived set, or a moment outside its validity window."""
+    moment = at or datetime.now(UTC)
+    if coupon_set.status == SetStatus.archived:
+        raise SetArchived(f"The set '{coupon_set.key}' is archived.")
+    if coupon_set.valid_from is not None and moment < coupon_set.valid_from:
+        raise NotYetValid(
+            f"The set '{coupon_set.key}' is valid from {coupon_set.valid_from.isoformat()}.",
+            valid_from=coupon_set.valid_from.isoformat(),
+        )
+    if coupon_set.valid_until is not None and moment >= coupon_set.valid_until:
+        raise Expired(
+            f"The set '{coupon_set.key}' was valid until {coupon_set.valid_until.isoformat()}.",
+            valid_until=coupon_set.valid_until.isoformat(),
+        )
+
+
+def _public(
+    coupon_set: CouponSet, row: Any, *, code: str, pool: str | None, recipient_id: str
+) -> AssignmentPublic:
+    """``row``: a code row, a shared assignment or a claim's result row."""
+    return AssignmentPublic(
+        code=code,
+        set_id=coupon_set.id,
+        set_key=coupon_set.key,
+        pool=pool,
+        recipient_id=recipient_id,
+        address=row.address,
+        channel=row.channel,
+        delivery_id=row.delivery_id,
+        additional=row.additional,
+        assigned_at=row.assigned_at,
+    )
+
+
+async def assign(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    data: AssignmentCreate,
+    actor: ApiKey,
+    idempotency_key: str | None,
+) -> tuple[AssignmentPublic, bool]:
+    """The recipient's code and whether it is new (False: they held it already)."""
+    ensure_usable(coupon_set)
+    if coupon_set.kind == SetKind.shared:
+        return await _assign_shared(
+            session, coupon_set=coupon_set, data=data, actor=actor, idempotency_key=idempotency_key
+        )
+    pool = await pools.get_pool(session, coupon_set=coupon_set, ref=data.pool or DEFAULT_POOL)
+    if not data.additional:
+        await session.execute(_LOCK_RECIPIENT, {"pool": str(pool.id), "rid": data.recipient_id})
+    params = {
+        "pool_id": pool.id,
+        "pool_name": pool.name,
+        "set_id": coupon_set.id,
+        "rid": data.recipient_id,
+        "address": data.address,
+        "channel": data.channel.value if data.channel else None,
+        "delivery_id": data.delivery_id,
+        "additional": data.additional,
+        "api_key_id": actor.id,
+        "idempotency_key": idempotency_key,
+    }
+    hint = _scan_hint.get(pool.id, 0)
+    row = (await session.execute(_CLAIM, {**params, "after": hint})).first()
+    if row is None and hint:
+        row = (await session.execute(_CLAIM, {**params, "after": 0})).first()
+    if row is not None:
+        if row.created:
+            _scan_hint[pool.id] = max(_scan_hint.get(pool.id, 0), row.id)
+        public = _public(
+            coupon_set, row, code=row.code, pool=pool.name, recipient_id=data.recipient_id
+        )
+        return public, bool(row.created)
+    if coupon_set.fallback_code is not None:
+        await audit.record(
+            session,
+            action=AuditAction.assign,
+            actor=actor,
+            set_id=coupon_set.id,
+            code=coupon_set.fallback_code,
+            recipient_id=data.recipient_id,
+            idempotency_key=idempotency_key,
+            details={"pool": pool.name, "fallback": True},
+        )
+        fallback = AssignmentPublic(
+            **data.model_dump(exclude={"pool"}),
+            code=coupon_set.fallback_code,
+            set_id=coupon_set.id,
+            set_key=coupon_set.key,
+            pool=pool.name,
+            assigned_at=datetime.now(UTC),
+            fallback=True,
+        )
+        return fallback, True
+    counts = (await pool_stock(session, set_id=coupon_set.id)).get(pool.id, {})
+    raise PoolExhausted(
+        f"The pool '{pool.name}' of the set '{coupon_set.key}' has no code left. Add codes, "
+        "or give the set a fallback_code.",
+        pool=pool.name,
+        counts={
+            name: counts.get(name, 0)
+            for name in ("available", "assigned", "redeemed", "void", "total")
+        },
+    )
+
+
+async def _assign_shared(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    data: AssignmentCreate,
+    actor: ApiKey,
+    idempotency_key: str | None,
+) -> tuple[AssignmentPublic, bool]:
+    assert coupon_set.shared_code is not None
+    if data.pool is not None:
+        await pools.get_pool(session, coupon_set=coupon_set, ref=data.pool)  # refuses
+    values = {
+        "set_id": coupon_set.id,
+        "recipient_id": data.recipient_id,
+        "address": data.address,
+        "channel": data.channel.value if data.channel else None,
+        "delivery_id": data.delivery_id,
+        "additional": data.additional,
+    }
+    stmt = insert(SharedAssignment).values(**values)
+    if not data.additional:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[SharedAssignment.set_id, SharedAssignment.recipient_id],
+            index_where=~SharedAssignment.additional,
+        )
+    inserted = (await session.execute(stmt.returning(SharedAssignment))).scalar_one_or_none()
+    row = (
+        inserted
+        or (
+            await session.execute(
+                select(SharedAssignment).where(
+                    SharedAssignment.set_id == coupon_set.id,
+                    SharedAssignment.recipient_id == data.recipient_id,
+                    ~SharedAssignment.additional,
+                )
+            )
+        ).scalar_one()
+    )
+    if inserted is not None:
+        await audit.record(
+            session,
+            action=AuditAction.assign,
+            actor=actor,
+            set_id=coupon_set.id,
+            code=coupon_set.shared_code,
+            recipient_id=data.recipient_id,
+            idempotency_key=idempotency_key,
+            details={"delivery_id": data.delivery_id},
+        )
+    public = _public(
+        coupon_set, row, code=coupon_set.shared_code, pool=None, recipient_id=row.recipient_id
+    )
+    return public, inserted is not None
+
+
+async def list_assignments(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    recipient_id: str | None,
+    pool: str | None,
+    delivery_id: str | None,
+    params: PageParams,
+) -> tuple[list[AssignmentPublic], list[int]]:
+    """Assignments in the order they were recorded, and their row ids (for the cursor)."""
+    after = decode_id_cursor(params.cursor) if params.cursor else 0
+    if coupon_set.kind == SetKind.shared:
+        stmt = select(SharedAssignment).where(
+            SharedAssignment.set_id == coupon_set.id, SharedAssignment.id > after
+        )
+        if recipient_id is not None:
+            stmt = stmt.where(SharedAssignment.recipient_id == recipient_id)
+        if delivery_id is not None:
+            stmt = stmt.where(SharedAssignment.delivery_id == delivery_id)
+        shared = (
+            (await session.execute(stmt.order_by(SharedAssignment.id).limit(params.limit + 1)))
+            .scalars()
+            .all()
+        )
+        code = coupon_set.shared_code or ""
+        return [
+            _public(coupon_set, r, code=code, pool=None, recipient_id=r.recipient_id)
+            for r in shared
+        ], [r.id for r in shared]
+    codes = (
+        select(Code, Pool.name)
+        .join(Pool, Pool.id == Code.pool_id)
+        .where(Code.set_id == coupon_set.id, Code.recipient_id.is_not(None), Code.id > after)
+    )
+    if recipient_id is not None:
+        codes = codes.where(Code.recipient_id == recipient_id)
+    if delivery_id is not None:
+        codes = codes.where(Code.delivery_id == delivery_id)
+    if pool is not None:
+        found = await pools.get_pool(session, coupon_set=coupon_set, ref=pool)
+        codes = codes.where(Code.pool_id == found.id)
+    rows = (await session.execute(codes.order_by(Code.id).limit(params.limit + 1))).all()
+    return [
+        _public(coupon_set, row, code=row.code, pool=name, recipient_id=row.recipient_id or "")
+        for row, name in rows
+    ], [row.id for row, _ in rows]
+
+
+async def ever_assigned(session: AsyncSession, *, set_id: uuid.UUID) -> bool:
+    """Whether any code of the set was ever handed out (the audit trail remembers)."""
+    assigned = exists().where(
+        AuditEvent.set_id == set_id, AuditEvent.action == AuditAction.assign.value
+    )
+    return bool(await session.scalar(select(assigned)))

@@ -1,0 +1,55 @@
+"""The audit trail: written inside the transaction of the change it records."""
+
+import uuid
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models.api_key import ApiKey
+from app.models.audit import AuditAction, AuditEvent
+from app.pagination import PageParams, decode_id_cursor
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    action: AuditAction,
+    actor: ApiKey | None,
+    set_id: uuid.UUID | None,
+    code: str | None = None,
+    recipient_id: str | None = None,
+    idempotency_key: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    await session.execute(
+        insert(AuditEvent).values(
+            set_id=set_id,
+            action=action.value,
+            code=code,
+            recipient_id=recipient_id,
+            api_key_id=actor.id if actor else None,
+            idempotency_key=idempotency_key,
+            details=details,
+        )
+    )
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    set_id: uuid.UUID,
+    action: AuditAction | None,
+    code: str | None,
+    params: PageParams,
+) -> list[AuditEvent]:
+    """Newest first."""
+    stmt = select(AuditEvent).where(AuditEvent.set_id == set_id)
+    if action is not None:
+        stmt = stmt.where(AuditEvent.action == action.value)
+    if code is not None:
+        stmt = stmt.where(AuditEvent.code == code)
+    if params.cursor is not None:
+        stmt = stmt.where(AuditEvent.id < decode_id_cursor(params.cursor))
+    stmt = stmt.order_by(AuditEvent.id.desc()).limit(params.limit + 1)
+    return list((await session.execute(stmt)).scalars())

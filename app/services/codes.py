@@ -1,0 +1,345 @@
+"""Codes of a unique set: add a list, generate from a pattern, list, find, void."""
+
+import math
+import secrets
+import string
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import AlreadyRedeemed, CodeSpaceTooSmall, NotFound, WrongSetKind
+from app.models.api_key import ApiKey
+from app.models.audit import AuditAction
+from app.models.code import (
+    Code,
+    CodesAdd,
+    CodesAdded,
+    CodesGenerate,
+    CodesGenerated,
+    CodeStatus,
+    RejectedCode,
+    normalise,
+)
+from app.models.coupon_set import CouponSet, MatchMode, SetKind
+from app.models.pool import Pool
+from app.pagination import PageParams, decode_id_cursor
+from app.services import audit, pools
+
+_BATCH = 10_000
+_CHARSETS = {
+    "alphanumeric": string.ascii_uppercase + string.digits,
+    "letters": string.ascii_uppercase,
+    "digits": string.digits,
+    # No 0/O, 1/I/L: codes people read and type.
+    "unambiguous": "ABCDEFGHJKMNPQRSTUVWXYZ23456789",
+}
+
+# Inserts a batch; a code whose lookup the set holds already is skipped and left out of
+# RETURNING, so duplicates are found by the unique index, race-free.
+_INSERT_CODES = text(
+    """
+    INSERT INTO codes (set_id, pool_id, code, lookup, metadata)
+    SELECT :set_id, :pool_id, c, l, NULL
+    FROM unnest(CAST(:codes AS text[]), CAST(:lookups AS text[])) AS t(c, l)
+    ON CONFLICT (set_id, lookup) DO NOTHING
+    RETURNING lookup
+    """
+)
+
+
+def ensure_unique_kind(coupon_set: CouponSet) -> None:
+    if coupon_set.kind != SetKind.unique:
+        raise WrongSetKind(
+            f"The set '{coupon_set.key}' is shared: its one code is `shared_code`. "
+            "Codes are added to unique sets."
+        )
+
+
+async def _insert(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    pool: Pool,
+    codes: Sequence[str],
+    lookups: Sequence[str],
+) -> set[str]:
+    result = await session.execute(
+        _INSERT_CODES,
+        {
+            "set_id": coupon_set.id,
+            "pool_id": pool.id,
+            "codes": list(codes),
+            "lookups": list(lookups),
+        },
+    )
+    return set(result.scalars())
+
+
+def _reason(code: str, lookup: str) -> str | None:
+    if not code.strip():
+        return "empty"
+    if len(code) > 100:
+        return "longer than 100 characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in code):
+        return "contains control characters"
+    if not lookup:
+        return "nothing left once separators are ignored"
+    return None
+
+
+async def add_codes(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    data: CodesAdd,
+    actor: ApiKey,
+    idempotency_key: str | None,
+) -> CodesAdded:
+    ensure_unique_kind(coupon_set)
+    pool = await pools.get_pool(session, coupon_set=coupon_set, ref=data.pool)
+    exact = coupon_set.match_mode == MatchMode.exact
+    rejected: list[RejectedCode] = []
+    wanted: dict[str, str] = {}  # lookup → code, first spelling wins
+    repeated: list[str] = []
+    for index, raw in enumerate(data.codes):
+        code = raw.strip()
+        lookup = normalise(code, exact=exact)
+        reason = _reason(code, lookup)
+        if reason:
+            rejected.append(RejectedCode(index=index, code=raw[:100], reason=reason))
+        elif lookup in wanted:
+            repeated.append(code)
+        else:
+            wanted[lookup] = code
+    inserted = await _insert(
+        session,
+        coupon_set=coupon_set,
+        pool=pool,
+        codes=list(wanted.values()),
+        lookups=list(wanted),
+    )
+    in_set = [code for lookup, code in wanted.items() if lookup not in inserted]
+    duplicates = repeated + in_set
+    await audit.record(
+        session,
+        action=AuditAction.add_codes,
+        actor=actor,
+        set_id=coupon_set.id,
+        idempotency_key=idempotency_key,
+        details={
+            "pool": pool.name,
+            "accepted": len(inserted),
+            "duplicates": len(duplicates),
+            "rejected": len(rejected),
+        },
+    )
+    return CodesAdded(
+        accepted=len(inserted),
+        duplicates=len(duplicates),
+        rejected=rejected,
+        duplicate_codes=duplicates[:100],
+    )
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A code shape: fixed text and, at each random position, its alphabet."""
+
+    parts: list[str | None]  # literal text, or None for a random position
+    alphabets: list[str]
+
+    @property
+    def space(self) -> int:
+        return math.prod(len(alphabet) for alphabet in self.alphabets)
+
+    def make(self) -> str:
+        # One draw below the size of the space, spelled out in mixed radix: uniform and
+        # unbiased, and one call to the CSPRNG per code.
+        value = secrets.randbelow(self.space)
+        out: list[str] = []
+        alphabets = iter(self.alphabets)
+        for part in self.parts:
+            if part is not None:
+                out.append(part)
+                continue
+            alphabet = next(alphabets)
+            value, digit = divmod(value, len(alphabet))
+            out.append(alphabet[digit])
+        return "".join(out)
+
+
+def _shape(data: CodesGenerate) -> _Shape:
+    parts: list[str | None] = [data.prefix] if data.prefix else []
+    alphabets: list[str] = []
+    if data.pattern is not None:
+        for ch in data.pattern:
+            if ch in "#?":
+                parts.append(None)
+                alphabets.append(string.digits if ch == "#" else string.ascii_uppercase)
+            else:
+                parts.append(ch)
+    else:
+        alphabet = _CHARSETS.get(data.charset, "".join(dict.fromkeys(data.charset)))
+        if len(alphabet) < 2:
+            raise CodeSpaceTooSmall("A charset needs at least two distinct characters.")
+        assert data.length is not None
+        parts += [None] * data.length
+        alphabets += [alphabet] * data.length
+    if data.suffix:
+        parts.append(data.suffix)
+    return _Shape(parts=parts, alphabets=alphabets)
+
+
+async def generate_codes(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    data: CodesGenerate,
+    actor: ApiKey,
+    idempotency_key: str | None,
+) -> CodesGenerated:
+    ensure_unique_kind(coupon_set)
+    pool = await pools.get_pool(session, coupon_set=coupon_set, ref=data.pool)
+    shape = _shape(data)
+    taken = await session.scalar(select(func.count()).where(Code.set_id == coupon_set.id)) or 0
+    # Feasibility first: the codes must be a small part of the space, both so that random
+    # draws rarely collide and so that a valid code cannot be guessed.
+    needed = (taken + data.count) * data.min_space_ratio
+    if shape.space < needed:
+        raise CodeSpaceTooSmall(
+            f"The shape has {shape.space:,} possible codes; {data.count:,} new codes beside "
+            f"{taken:,} existing ones need {needed:,} (min_space_ratio "
+            f"{data.min_space_ratio:,}). Use a longer pattern or a larger charset.",
+            code_space=shape.space,
+            needed=needed,
+        )
+    exact = coupon_set.match_mode == MatchMode.exact
+    made = 0
+    sample: list[str] = []
+    attempts = 0
+    while made < data.count:
+        attempts += 1
+        if attempts > 4 * (data.count // _BATCH + 1) + 10:
+            raise CodeSpaceTooSmall("Too many collisions; the code space is too crowded.")
+        batch: dict[str, str] = {}
+        for _ in range(min(_BATCH, data.count - made)):
+            code = shape.make()
+            batch[normalise(code, exact=exact)] = code
+        inserted = await _insert(
+            session,
+            coupon_set=coupon_set,
+            pool=pool,
+            codes=list(batch.values()),
+            lookups=list(batch),
+        )
+        made += len(inserted)
+        if len(sample) < 10:
+            sample += [batch[lookup] for lookup in list(inserted)[: 10 - len(sample)]]
+    await audit.record(
+        session,
+        action=AuditAction.generate_codes,
+        actor=actor,
+        set_id=coupon_set.id,
+        idempotency_key=idempotency_key,
+        details={"pool": pool.name, "count": made, "code_space": shape.space},
+    )
+    return CodesGenerated(generated=made, pool=pool.name, sample=sample, code_space=shape.space)
+
+
+async def list_codes(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    status: CodeStatus | None,
+    pool: str | None,
+    recipient_id: str | None,
+    params: PageParams,
+) -> list[tuple[Code, str]]:
+    """Codes with their pool's name, in the order they were added."""
+    ensure_unique_kind(coupon_set)
+    stmt = (
+        select(Code, Pool.name)
+        .join(Pool, Pool.id == Code.pool_id)
+        .where(Code.set_id == coupon_set.id)
+    )
+    if status is not None:
+        stmt = stmt.where(Code.status == status.value)
+    if pool is not None:
+        stmt = stmt.where(
+            Code.pool_id == (await pools.get_pool(session, coupon_set=coupon_set, ref=pool)).id
+        )
+    if recipient_id is not None:
+        stmt = stmt.where(Code.recipient_id == recipient_id)
+    if params.cursor is not None:
+        stmt = stmt.where(Code.id > decode_id_cursor(params.cursor))
+    stmt = stmt.order_by(Code.id).limit(params.limit + 1)
+    return [(code, name) for code, name in (await session.execute(stmt)).all()]
+
+
+async def get_code(
+    session: AsyncSession, *, coupon_set: CouponSet, code: str, for_update: bool = False
+) -> tuple[Code, str]:
+    ensure_unique_kind(coupon_set)
+    lookup = normalise(code.strip(), exact=coupon_set.match_mode == MatchMode.exact)
+    stmt = (
+        select(Code, Pool.name)
+        .join(Pool, Pool.id == Code.pool_id)
+        .where(Code.set_id == coupon_set.id, Code.lookup == lookup)
+    )
+    if for_update:
+        stmt = stmt.with_for_update(of=Code)
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        raise NotFound(f"The set '{coupon_set.key}' has no code '{code}'.")
+    return row[0], row[1]
+
+
+async def void_code(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    code: str,
+    actor: ApiKey,
+    idempotency_key: str | None,
+) -> tuple[Code, str]:
+    """Withdraw a code that was not redeemed. Voiding twice changes nothing."""
+    row, pool_name = await get_code(session, coupon_set=coupon_set, code=code, for_update=True)
+    if row.status == CodeStatus.redeemed:
+        raise AlreadyRedeemed(
+            f"The code '{row.code}' was redeemed; roll the redemption back first."
+        )
+    if row.status != CodeStatus.void:
+        row.status = CodeStatus.void.value
+        row.voided_at = func.now()
+        await session.flush()
+        await session.refresh(row)
+        await audit.record(
+            session,
+            action=AuditAction.void,
+            actor=actor,
+            set_id=coupon_set.id,
+            code=row.code,
+            recipient_id=row.recipient_id,
+            idempotency_key=idempotency_key,
+        )
+    return row, pool_name
+
+
+async def pool_stock(
+    session: AsyncSession, *, set_id: uuid.UUID
+) -> dict[uuid.UUID, dict[str, int]]:
+    """Codes per pool and status: {pool_id: {"available": n, ..., "total": n}}."""
+    rows = await session.execute(
+        select(Code.pool_id, Code.status, func.count())
+        .where(Code.set_id == set_id)
+        .group_by(Code.pool_id, Code.status)
+    )
+    stock: dict[uuid.UUID, dict[str, int]] = {}
+    for pool_id, status, count in rows.all():
+        counts = stock.setdefault(pool_id, {s.value: 0 for s in CodeStatus} | {"total": 0})
+        counts[status] = count
+        counts["total"] += count
+    return stock
