@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint fmt typecheck pytest openapi migrate clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,11 +42,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+test-slow: $(STAMP)  ## the long loops of the concurrency scenarios
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
 openapi: $(STAMP)  ## write openapi/openapi.json from the app
 	$(BIN)/python -m app.openapi openapi/openapi.json
 
 migrate: $(STAMP)  ## apply the migrations to DATABASE_URL (or the embedded server)
 	$(BIN)/python -m app.serve --migrate-only
+
+bench-assign: $(STAMP)  ## B1/B2: assignment vs pgbench and a naive endpoint (needs wrk)
+	$(BIN)/python -m bench.assign
 
 clean:  ## remove the environment (keeps .data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -18,3 +18,25 @@ async def create_set(client: httpx.AsyncClient, **fields: object) -> dict[str, o
     response = await client.post("/v1/coupon-sets", json={"label": "Spring sale", **fields})
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
+
+
+async def add_codes(
+    client: httpx.AsyncClient, set_ref: object, codes: list[str], pool: str = "default"
+) -> dict[str, object]:
+    response = await client.post(
+        f"/v1/coupon-sets/{set_ref}/codes", json={"codes": codes, "pool": pool}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def assign(
+    client: httpx.AsyncClient, set_ref: object, recipient: str, **fields: object
+) -> httpx.Response:
+    return await client.post(
+        f"/v1/coupon-sets/{set_ref}/assignments", json={"recipient_id": recipient, **fields}
+    )
+
+
+async def redeem(client: httpx.AsyncClient, code: str, **fields: object) -> httpx.Response:
+    return await client.post("/v1/redemptions", json={"code": code, **fields})

@@ -1,0 +1,179 @@
+import re
+
+import httpx
+import pytest
+
+from tests.helpers import add_codes, assign, create_set, problem_type
+
+
+@pytest.fixture
+async def set_key(client: httpx.AsyncClient) -> str:
+    await create_set(client, key="spring")
+    return "spring"
+
+
+async def test_add_codes_reports_accepted_duplicates_and_rejected(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    await add_codes(client, set_key, ["EXISTING-1"])
+    report = await add_codes(
+        client,
+        set_key,
+        ["A-1", "B-2", "a 1", "existing1", "", "bell\x07", "x" * 101, " --- ", "C-3"],
+    )
+    assert report["accepted"] == 3
+    assert report["duplicates"] == 2
+    assert sorted(report["duplicate_codes"]) == ["a 1", "existing1"]  # type: ignore[arg-type]
+    reasons = {r["index"]: r["reason"] for r in report["rejected"]}  # type: ignore[attr-defined]
+    assert set(reasons) == {4, 5, 6, 7}
+    assert reasons[4] == "empty"
+    listed = (await client.get(f"/v1/coupon-sets/{set_key}/codes")).json()["items"]
+    assert [c["code"] for c in listed] == ["EXISTING-1", "A-1", "B-2", "C-3"]
+    assert all(c["status"] == "available" and c["pool"] == "default" for c in listed)
+
+
+async def test_lookups_ignore_case_and_separators(client: httpx.AsyncClient, set_key: str) -> None:
+    await add_codes(client, set_key, ["SPRING AB12"])
+    found = await client.get(f"/v1/coupon-sets/{set_key}/codes/spring-ab12")
+    assert found.status_code == 200
+    assert found.json()["code"] == "SPRING AB12"
+
+
+async def test_exact_sets_match_codes_as_typed(client: httpx.AsyncClient) -> None:
+    await create_set(client, key="exact", match_mode="exact")
+    report = await add_codes(client, "exact", ["Ab-1", "AB-1", "ab1"])
+    assert report["accepted"] == 3
+    assert (await client.get("/v1/coupon-sets/exact/codes/ab-1")).status_code == 404
+    assert (await client.get("/v1/coupon-sets/exact/codes/Ab-1")).status_code == 200
+
+
+async def test_codes_go_to_the_named_pool(client: httpx.AsyncClient, set_key: str) -> None:
+    await client.post(f"/v1/coupon-sets/{set_key}/pools", json={"name": "soccer"})
+    await add_codes(client, set_key, ["S1", "S2"], pool="soccer")
+    await add_codes(client, set_key, ["D1"])
+    soccer = await client.get(f"/v1/coupon-sets/{set_key}/codes", params={"pool": "soccer"})
+    assert [c["code"] for c in soccer.json()["items"]] == ["S1", "S2"]
+    pools = (await client.get(f"/v1/coupon-sets/{set_key}/pools")).json()["items"]
+    stock = {p["name"]: p["stock"] for p in pools}
+    assert stock["soccer"] == {"available": 2, "assigned": 0, "redeemed": 0, "void": 0, "total": 2}
+    assert stock["default"]["total"] == 1
+    missing = await client.post(
+        f"/v1/coupon-sets/{set_key}/codes", json={"codes": ["X"], "pool": "nope"}
+    )
+    assert missing.status_code == 404
+
+
+async def test_codes_are_refused_for_shared_sets(client: httpx.AsyncClient) -> None:
+    await create_set(client, key="welcome", kind="shared", shared_code="WELCOME")
+    response = await client.post("/v1/coupon-sets/welcome/codes", json={"codes": ["X"]})
+    assert response.status_code == 409
+    assert problem_type(response) == "wrong-set-kind"
+
+
+async def test_add_codes_limits_the_list(client: httpx.AsyncClient, set_key: str) -> None:
+    too_many = [f"C{n}" for n in range(10_001)]
+    response = await client.post(f"/v1/coupon-sets/{set_key}/codes", json={"codes": too_many})
+    assert response.status_code == 422
+    empty = await client.post(f"/v1/coupon-sets/{set_key}/codes", json={"codes": []})
+    assert empty.status_code == 422
+
+
+async def test_generate_from_a_pattern(client: httpx.AsyncClient, set_key: str) -> None:
+    response = await client.post(
+        f"/v1/coupon-sets/{set_key}/codes/generate",
+        json={"count": 500, "pattern": "SPRING-####-????", "min_space_ratio": 1000},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["generated"] == 500
+    assert body["code_space"] == 10**4 * 26**4
+    assert all(re.fullmatch(r"SPRING-\d{4}-[A-Z]{4}", c) for c in body["sample"])
+    codes = []
+    cursor = None
+    while True:
+        params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(f"/v1/coupon-sets/{set_key}/codes", params=params)).json()
+        codes += [c["code"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(codes) == len(set(codes)) == 500
+
+
+async def test_generate_with_length_charset_prefix_suffix(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    response = await client.post(
+        f"/v1/coupon-sets/{set_key}/codes/generate",
+        json={"count": 50, "length": 10, "charset": "digits", "prefix": "P-", "suffix": "-S"},
+    )
+    assert response.status_code == 201, response.text
+    assert all(re.fullmatch(r"P-\d{10}-S", c) for c in response.json()["sample"])
+
+
+async def test_generate_refuses_what_the_code_space_cannot_hold(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    response = await client.post(
+        f"/v1/coupon-sets/{set_key}/codes/generate", json={"count": 100, "pattern": "##"}
+    )
+    assert response.status_code == 422
+    assert problem_type(response) == "code-space-too-small"
+    assert response.json()["code_space"] == 100
+    tight = await client.post(
+        f"/v1/coupon-sets/{set_key}/codes/generate",
+        json={"count": 50, "pattern": "##", "min_space_ratio": 2},
+    )
+    assert tight.status_code == 201
+    nothing_listed = await client.get(f"/v1/coupon-sets/{set_key}/codes", params={"limit": 200})
+    assert len(nothing_listed.json()["items"]) == 50, "the refused request added nothing"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"count": 10},
+        {"count": 10, "pattern": "ABC"},
+        {"count": 10, "pattern": "##", "length": 5},
+        {"count": 0, "length": 8},
+        {"count": 1_000_001, "length": 8},
+        {"count": 10, "length": 8, "charset": "a"},
+    ],
+)
+async def test_generate_validates_its_request(
+    client: httpx.AsyncClient, set_key: str, body: dict[str, object]
+) -> None:
+    response = await client.post(f"/v1/coupon-sets/{set_key}/codes/generate", json=body)
+    assert response.status_code == 422, response.text
+
+
+async def test_void_a_code(client: httpx.AsyncClient, set_key: str) -> None:
+    await add_codes(client, set_key, ["V-1", "V-2"])
+    voided = await client.post(f"/v1/coupon-sets/{set_key}/codes/v1/void")
+    assert voided.status_code == 200
+    assert voided.json()["status"] == "void"
+    again = await client.post(f"/v1/coupon-sets/{set_key}/codes/V-1/void")
+    assert again.json()["voided_at"] == voided.json()["voided_at"]
+    assigned = await assign(client, set_key, "alice")
+    assert assigned.json()["code"] == "V-2", "a void code is never assigned"
+    gone = await assign(client, set_key, "bob")
+    assert problem_type(gone) == "pool-exhausted"
+
+
+async def test_filter_codes_by_status_and_recipient(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    await add_codes(client, set_key, ["F-1", "F-2", "F-3"])
+    await assign(client, set_key, "alice")
+    assigned = await client.get(f"/v1/coupon-sets/{set_key}/codes", params={"status": "assigned"})
+    alice = await client.get(f"/v1/coupon-sets/{set_key}/codes", params={"recipient_id": "alice"})
+    assert [c["code"] for c in assigned.json()["items"]] == ["F-1"]
+    assert alice.json()["items"][0]["recipient_id"] == "alice"
+
+
+async def test_a_pool_with_codes_cannot_be_deleted(client: httpx.AsyncClient, set_key: str) -> None:
+    await client.post(f"/v1/coupon-sets/{set_key}/pools", json={"name": "soccer"})
+    await add_codes(client, set_key, ["S1"], pool="soccer")
+    response = await client.delete(f"/v1/coupon-sets/{set_key}/pools/soccer")
+    assert response.status_code == 409
+    assert problem_type(response) == "pool-not-empty"
