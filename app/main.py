@@ -16,6 +16,7 @@ from app import __version__
 from app.db import create_engine, create_sessionmaker
 from app.errors import Problem, install_error_handlers
 from app.limits import BodySizeLimitMiddleware
+from app.logging import configure_logging
 from app.ratelimit import RateLimiter
 from app.routers import (
     api_keys,
@@ -78,6 +79,16 @@ def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
         components["Problem"] = problem
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one uvicorn worker process (``COUPONS_WORKERS`` > 1), configured from
+    the environment that ``app.serve`` prepared (DATABASE_URL is always set there)."""
+    settings = Settings()
+    configure_logging(settings)
+    if settings.database_url is None:
+        raise RuntimeError("DATABASE_URL is not set")
+    return create_app(settings, database_url=settings.database_url)
 
 
 def create_app(settings: Settings, *, database_url: str) -> FastAPI:

@@ -6,6 +6,7 @@ flight, then stops the embedded database; its data stays in COUPONS_DATA_DIR."""
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -40,6 +41,25 @@ def _database(settings: Settings) -> Iterator[str]:
         yield server.url()
 
 
+def _serve(settings: Settings, database_url: str) -> None:
+    if settings.workers == 1:
+        app = create_app(settings, database_url=database_url)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
+        uvicorn.Server(config).run()
+        return
+    # Worker processes build their app from the environment; the embedded server's URL
+    # is only known here.
+    os.environ["DATABASE_URL"] = database_url
+    uvicorn.run(
+        "app.main:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
     parser.add_argument("--migrate-only", action="store_true", help="apply migrations and exit")
@@ -59,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             upgrade(database_url)
             if args.migrate_only:
                 return 0
-            app = create_app(settings, database_url=database_url)
-            config = uvicorn.Config(
-                app, host=settings.host, port=settings.port, log_config=None, access_log=True
-            )
-            uvicorn.Server(config).run()
+            _serve(settings, database_url)
     except (_Stop, KeyboardInterrupt):
         pass
     logger.info("stopped")

@@ -51,13 +51,15 @@ class Settings(BaseSettings):
     port: int = Field(
         default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "COUPONS_PORT")
     )
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     admin_api_key: SecretStr | None = None
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # 10,000 codes of 100 characters, the most one request may add, fit in 2 MiB.
+    max_body_bytes: int = Field(default=2_097_152, ge=1024)
     redeem_rate_limit: str = Field(
         default="100/second",
         description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",

@@ -23,7 +23,8 @@ from app.embedded import EmbeddedPostgres
 from app.main import create_app
 from app.migrations import upgrade
 from app.models import Base
-from app.services.api_keys import provision_admin_key
+from app.services import api_keys
+from app.services.api_keys import hash_secret, provision_admin_key
 from app.settings import Settings, to_asyncpg_url
 
 ADMIN_SECRET = "test-admin-" + "k" * 24
@@ -85,15 +86,22 @@ async def app(settings: Settings, database_url: str) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture(autouse=True)
 async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Empty every table after a test that used the app; the admin key comes back."""
+    """Empty every table after a test that used the app, but keep the admin key as it
+    was provisioned (same id: processes may have it cached), active again."""
     yield
     if "app" not in request.fixturenames:
         return
     app: FastAPI = request.getfixturevalue("app")
-    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables if t.name != "api_keys")
     async with app.state.sessionmaker.begin() as session:
         await session.execute(sqltext(f"TRUNCATE {tables} CASCADE"))
+        await session.execute(
+            sqltext("DELETE FROM api_keys WHERE secret_sha256 <> :admin"),
+            {"admin": hash_secret(ADMIN_SECRET)},
+        )
+        await session.execute(sqltext("UPDATE api_keys SET revoked_at = NULL"))
         await provision_admin_key(session, secret=ADMIN_SECRET, name="test admin")
+    api_keys._cache.clear()
 
 
 def make_client(app: FastAPI, secret: str | None = ADMIN_SECRET) -> httpx.AsyncClient:

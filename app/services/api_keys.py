@@ -5,6 +5,7 @@ them (there is no dictionary to attack) and lets a request find its key by index
 
 import hashlib
 import secrets
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -38,9 +39,38 @@ def _active() -> list[ColumnElement[bool]]:
     ]
 
 
+# Every request authenticates; a key found active is remembered for a few seconds so the
+# hot paths (assign, redeem) skip that query. A revocation applies at once in the process
+# that revoked and within CACHE_SECONDS in the others.
+CACHE_SECONDS = 5.0
+_CACHE_SIZE = 10_000
+_cache: dict[str, tuple[float, ApiKey]] = {}
+
+
+def _snapshot(key: ApiKey) -> ApiKey:
+    """A copy bound to no session: safe to share between requests."""
+    columns = ApiKey.__table__.columns.keys()
+    return ApiKey(**{name: getattr(key, name) for name in columns})
+
+
 async def find_active(session: AsyncSession, *, secret: str) -> ApiKey | None:
-    stmt = select(ApiKey).where(ApiKey.secret_sha256 == hash_secret(secret), *_active())
-    return (await session.execute(stmt)).scalar_one_or_none()
+    digest = hash_secret(secret)
+    now = time.monotonic()
+    cached = _cache.get(digest)
+    if cached is not None and cached[0] > now:
+        key = cached[1]
+        if key.expires_at is None or key.expires_at > datetime.now(UTC):
+            return key
+    stmt = select(ApiKey).where(ApiKey.secret_sha256 == digest, *_active())
+    found = (await session.execute(stmt)).scalar_one_or_none()
+    if found is None:
+        _cache.pop(digest, None)
+        return None
+    if len(_cache) >= _CACHE_SIZE:
+        _cache.clear()
+    snapshot = _snapshot(found)
+    _cache[digest] = (now + CACHE_SECONDS, snapshot)
+    return snapshot
 
 
 async def create_api_key(
@@ -95,6 +125,7 @@ async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID) -> ApiKey:
         )
     key.revoked_at = datetime.now(UTC)
     await session.flush()
+    _cache.pop(key.secret_sha256, None)
     return key
 
 
