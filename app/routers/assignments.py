@@ -19,7 +19,7 @@ from app.errors import (
 from app.idempotency import IdempotencyKey, IdempotentRoute
 from app.models.assignment import AssignmentCreate, AssignmentPage, AssignmentPublic
 from app.pagination import PageQuery, next_id_cursor
-from app.routers.coupon_sets import CouponSetRef
+from app.routers.coupon_sets import CouponSetRef, SetRef
 from app.services import assignments
 
 router = APIRouter(
@@ -47,14 +47,15 @@ router = APIRouter(
 )
 async def assign_code(
     _: AssignKey,
+    set_id: SetRef,
     body: AssignmentCreate,
-    coupon_set: CouponSetRef,
     session: Session,
     response: Response,
     key: IdempotencyKey,
 ) -> AssignmentPublic:
+    # The set and pool are found by the service in one query: this is the hot path.
     assignment, created = await assignments.assign(
-        session, coupon_set=coupon_set, data=body, actor=_, idempotency_key=key
+        session, set_ref=set_id, data=body, actor=_, idempotency_key=key
     )
     if not created:
         response.status_code = status.HTTP_200_OK

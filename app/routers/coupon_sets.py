@@ -23,12 +23,10 @@ from app.services import coupon_sets
 router = APIRouter(prefix="/v1/coupon-sets", tags=["coupon-sets"], route_class=IdempotentRoute)
 
 
-async def _coupon_set(
-    set_id: Annotated[
-        str, Path(min_length=1, max_length=64, description="The set's id or its key")
-    ],
-    session: Session,
-) -> CouponSet:
+SetRef = Annotated[str, Path(min_length=1, max_length=64, description="The set's id or its key")]
+
+
+async def _coupon_set(set_id: SetRef, session: Session) -> CouponSet:
     return await coupon_sets.get_coupon_set(session, set_id)
 
 

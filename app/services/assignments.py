@@ -9,20 +9,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exists, select, text
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Expired, NotYetValid, PoolExhausted, SetArchived
+from app.errors import Expired, NotFound, NotYetValid, PoolExhausted, SetArchived
 from app.models.api_key import ApiKey
 from app.models.assignment import AssignmentCreate, AssignmentPublic, SharedAssignment
-from app.models.audit import AuditAction, AuditEvent
+from app.models.audit import AuditAction
 from app.models.code import Code
 from app.models.coupon_set import CouponSet, SetKind, SetStatus
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, decode_id_cursor
 from app.services import audit, pools
 from app.services.codes import pool_stock
+from app.services.coupon_sets import matches_ref, set_not_found
 
 # Per-process scan hint: the highest id this process claimed in each pool. Free codes
 # are claimed in id order, so the next free one is almost always above it, and the
@@ -31,51 +32,18 @@ from app.services.codes import pool_stock
 # freed below it are still found: the hint is only a shortcut, never a filter.
 _scan_hint: dict[uuid.UUID, int] = {}
 
-# Serialises the requests of one recipient in one pool (not the others): the second of
-# two concurrent first requests waits, then finds the first one's code.
-_LOCK_RECIPIENT = text("SELECT pg_advisory_xact_lock(hashtextextended(:pool || '/' || :rid, 0))")
-
-# existing: the recipient's code, if any (skipped for additional codes).
-# picked: one free code above the hint, locked; SKIP LOCKED passes rows other claims
-#   hold. MATERIALIZED and the join on "=" keep it to exactly one row (an IN (subquery)
-#   can lock more: PostgreSQL bug #15715).
-# claimed: the code, now assigned; audited: its audit row, in the same statement.
+# One round trip: claim_code() (migration 0003) takes a transaction-scoped advisory lock
+# on (pool, recipient), which serialises the first requests of one recipient and nothing
+# else, so the second of two concurrent ones waits and then finds the first one's code.
+# Otherwise it runs, once above the scan hint and once from the start if that misses:
+#   picked: one free code, locked; SKIP LOCKED passes rows that other claims hold, and
+#     MATERIALIZED with the join on "=" keeps it to exactly one row (an IN (subquery)
+#     can lock more: PostgreSQL bug #15715); the partial index ix_codes_free holds only
+#     free codes, in claim order;
+#   claimed: the code, now assigned; audited: its audit row, in the same statement.
 _CLAIM = text(
-    """
-    WITH existing AS (
-        SELECT id, code, assigned_at, address, channel, delivery_id, additional,
-               false AS created
-        FROM codes
-        WHERE pool_id = :pool_id AND recipient_id = :rid AND NOT additional
-          AND NOT :additional
-    ), picked AS MATERIALIZED (
-        SELECT id FROM codes
-        WHERE pool_id = :pool_id AND status = 'available' AND id > :after
-          AND NOT EXISTS (SELECT 1 FROM existing)
-        ORDER BY id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE codes AS c
-        SET status = 'assigned', recipient_id = :rid, address = :address,
-            channel = :channel, delivery_id = :delivery_id, additional = :additional,
-            assigned_at = now()
-        FROM picked
-        WHERE c.id = picked.id
-        RETURNING c.id, c.code, c.assigned_at, c.address, c.channel, c.delivery_id,
-                  c.additional, true AS created
-    ), audited AS (
-        INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id,
-                                  idempotency_key, details)
-        SELECT :set_id, 'assign', code, :rid, :api_key_id, :idempotency_key,
-               jsonb_build_object('pool', CAST(:pool_name AS text),
-                                  'delivery_id', CAST(:delivery_id AS text))
-        FROM claimed
-    )
-    SELECT * FROM existing
-    UNION ALL
-    SELECT * FROM claimed
-    """
+    "SELECT * FROM claim_code(:set_id, :pool_id, :pool_name, :rid, :address, :channel, "
+    ":delivery_id, :additional, :api_key_id, :idempotency_key, :after)"
 )
 
 
@@ -114,23 +82,40 @@ def _public(
     )
 
 
+async def _set_and_pool(
+    session: AsyncSession, set_ref: str, pool_name: str
+) -> tuple[CouponSet, Pool | None]:
+    """The set and its pool of that name, in one query (the hot path)."""
+    stmt = (
+        select(CouponSet, Pool)
+        .outerjoin(
+            Pool, and_(Pool.set_id == CouponSet.id, func.lower(Pool.name) == pool_name.lower())
+        )
+        .where(matches_ref(set_ref))
+    )
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        raise set_not_found(set_ref)
+    return row[0], row[1]
+
+
 async def assign(
     session: AsyncSession,
     *,
-    coupon_set: CouponSet,
+    set_ref: str,
     data: AssignmentCreate,
     actor: ApiKey,
     idempotency_key: str | None,
 ) -> tuple[AssignmentPublic, bool]:
     """The recipient's code and whether it is new (False: they held it already)."""
+    coupon_set, pool = await _set_and_pool(session, set_ref, data.pool or DEFAULT_POOL)
     ensure_usable(coupon_set)
     if coupon_set.kind == SetKind.shared:
         return await _assign_shared(
             session, coupon_set=coupon_set, data=data, actor=actor, idempotency_key=idempotency_key
         )
-    pool = await pools.get_pool(session, coupon_set=coupon_set, ref=data.pool or DEFAULT_POOL)
-    if not data.additional:
-        await session.execute(_LOCK_RECIPIENT, {"pool": str(pool.id), "rid": data.recipient_id})
+    if pool is None:
+        raise NotFound(f"The set '{coupon_set.key}' has no pool '{data.pool}'.")
     params = {
         "pool_id": pool.id,
         "pool_name": pool.name,
@@ -143,10 +128,7 @@ async def assign(
         "api_key_id": actor.id,
         "idempotency_key": idempotency_key,
     }
-    hint = _scan_hint.get(pool.id, 0)
-    row = (await session.execute(_CLAIM, {**params, "after": hint})).first()
-    if row is None and hint:
-        row = (await session.execute(_CLAIM, {**params, "after": 0})).first()
+    row = (await session.execute(_CLAIM, {**params, "after": _scan_hint.get(pool.id, 0)})).first()
     if row is not None:
         if row.created:
             _scan_hint[pool.id] = max(_scan_hint.get(pool.id, 0), row.id)
@@ -288,11 +270,3 @@ async def list_assignments(
         _public(coupon_set, row, code=row.code, pool=name, recipient_id=row.recipient_id or "")
         for row, name in rows
     ], [row.id for row, _ in rows]
-
-
-async def ever_assigned(session: AsyncSession, *, set_id: uuid.UUID) -> bool:
-    """Whether any code of the set was ever handed out (the audit trail remembers)."""
-    assigned = exists().where(
-        AuditEvent.set_id == set_id, AuditEvent.action == AuditAction.assign.value
-    )
-    return bool(await session.scalar(select(assigned)))

@@ -3,7 +3,7 @@
 import uuid
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.api_key import ApiKey
@@ -53,3 +53,11 @@ async def list_events(
         stmt = stmt.where(AuditEvent.id < decode_id_cursor(params.cursor))
     stmt = stmt.order_by(AuditEvent.id.desc()).limit(params.limit + 1)
     return list((await session.execute(stmt)).scalars())
+
+
+async def ever_assigned(session: AsyncSession, *, set_id: uuid.UUID) -> bool:
+    """Whether any code of the set was ever handed out: the trail remembers."""
+    assigned = exists().where(
+        AuditEvent.set_id == set_id, AuditEvent.action == AuditAction.assign.value
+    )
+    return bool(await session.scalar(select(assigned)))

@@ -6,7 +6,7 @@ import unicodedata
 import uuid
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import flush_unique
@@ -22,7 +22,7 @@ from app.models.coupon_set import (
 )
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, paginate
-from app.services import assignments
+from app.services import audit
 
 _KEY_INDEX = "uq_coupon_sets_key_lower"
 _KEY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -53,15 +53,20 @@ def _parse_id(ref: str) -> uuid.UUID | None:
         return None
 
 
-async def get_coupon_set(session: AsyncSession, ref: str) -> CouponSet:
-    """Find a set by its id or, failing that, by its key (case-insensitive)."""
+def matches_ref(ref: str) -> ColumnElement[bool]:
+    """The set whose id is ``ref`` or, failing that, whose key is (case-insensitive)."""
     set_id = _parse_id(ref)
-    stmt = select(CouponSet).where(
-        CouponSet.id == set_id if set_id else func.lower(CouponSet.key) == ref.lower()
-    )
-    coupon_set = (await session.execute(stmt)).scalar_one_or_none()
+    return CouponSet.id == set_id if set_id else func.lower(CouponSet.key) == ref.lower()
+
+
+def set_not_found(ref: str) -> NotFound:
+    return NotFound(f"No coupon set has the id or key '{ref}'.")
+
+
+async def get_coupon_set(session: AsyncSession, ref: str) -> CouponSet:
+    coupon_set = (await session.execute(select(CouponSet).where(matches_ref(ref)))).scalar()
     if coupon_set is None:
-        raise NotFound(f"No coupon set has the id or key '{ref}'.")
+        raise set_not_found(ref)
     return coupon_set
 
 
@@ -192,7 +197,7 @@ async def delete_coupon_set(session: AsyncSession, *, coupon_set: CouponSet) -> 
     await session.execute(
         select(CouponSet.id).where(CouponSet.id == coupon_set.id).with_for_update()
     )
-    if await assignments.ever_assigned(session, set_id=coupon_set.id):
+    if await audit.ever_assigned(session, set_id=coupon_set.id):
         raise SetInUse(
             f"Codes of the set '{coupon_set.key}' have been handed out; archive it instead."
         )

@@ -1,0 +1,86 @@
+"""claim_code(): the recipient lock and the claim in one round trip
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-23 13:20:00
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Why each part is safe under concurrency is explained in app/services/assignments.py.
+CLAIM_CODE = """
+CREATE FUNCTION claim_code(
+    p_set_id uuid, p_pool_id uuid, p_pool_name text, p_recipient_id text, p_address text,
+    p_channel text, p_delivery_id text, p_additional boolean, p_api_key_id uuid,
+    p_idempotency_key text, p_after bigint
+) RETURNS TABLE (
+    id bigint, code text, assigned_at timestamptz, address text, channel text,
+    delivery_id text, additional boolean, created boolean
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT p_additional THEN
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended(p_pool_id::text || '/' || p_recipient_id, 0));
+        RETURN QUERY
+            SELECT c.id, c.code::text, c.assigned_at, c.address::text, c.channel::text,
+                   c.delivery_id::text, c.additional, false
+            FROM codes c
+            WHERE c.pool_id = p_pool_id AND c.recipient_id = p_recipient_id
+              AND NOT c.additional;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    LOOP
+        RETURN QUERY
+            WITH picked AS MATERIALIZED (
+                SELECT c.id FROM codes c
+                WHERE c.pool_id = p_pool_id AND c.status = 'available' AND c.id > p_after
+                ORDER BY c.id
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED
+            ), claimed AS (
+                UPDATE codes AS c
+                SET status = 'assigned', recipient_id = p_recipient_id, address = p_address,
+                    channel = p_channel, delivery_id = p_delivery_id,
+                    additional = p_additional, assigned_at = now()
+                FROM picked
+                WHERE c.id = picked.id
+                RETURNING c.id, c.code, c.assigned_at, c.address, c.channel, c.delivery_id,
+                          c.additional
+            ), audited AS (
+                INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id,
+                                          idempotency_key, details)
+                SELECT p_set_id, 'assign', claimed.code, p_recipient_id, p_api_key_id,
+                       p_idempotency_key,
+                       jsonb_build_object('pool', p_pool_name, 'delivery_id', p_delivery_id)
+                FROM claimed
+            )
+            SELECT claimed.id, claimed.code::text, claimed.assigned_at, claimed.address::text,
+                   claimed.channel::text, claimed.delivery_id::text, claimed.additional, true
+            FROM claimed;
+        EXIT WHEN FOUND OR p_after = 0;
+        -- Nothing above the hint: look again from the start of the pool.
+        p_after := 0;
+    END LOOP;
+END $$
+"""
+
+
+def upgrade() -> None:
+    op.execute(CLAIM_CODE)
+
+
+def downgrade() -> None:
+    op.execute(
+        "DROP FUNCTION claim_code(uuid, uuid, text, text, text, text, text, boolean, uuid, "
+        "text, bigint)"
+    )
