@@ -42,8 +42,8 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-slow: $(STAMP)  ## the long loops of the concurrency scenarios
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+test-slow: $(STAMP)  ## the concurrency scenarios, 25 rounds each
+	COUPONS_TEST_ROUNDS=25 $(BIN)/pytest tests/concurrency $(PYTEST_ARGS)
 
 openapi: $(STAMP)  ## write openapi/openapi.json from the app
 	$(BIN)/python -m app.openapi openapi/openapi.json

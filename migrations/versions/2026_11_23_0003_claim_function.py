@@ -44,6 +44,11 @@ BEGIN
             WITH picked AS MATERIALIZED (
                 SELECT c.id FROM codes c
                 WHERE c.pool_id = p_pool_id AND c.status = 'available' AND c.id > p_after
+                  -- a free code held at a checkout (redeemed without being assigned) waits
+                  AND NOT EXISTS (
+                      SELECT 1 FROM redemptions r
+                      WHERE r.code_id = c.id AND r.status = 'held'
+                        AND r.hold_expires_at > now())
                 ORDER BY c.id
                 LIMIT 1
                 FOR UPDATE SKIP LOCKED

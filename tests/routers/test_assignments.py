@@ -163,3 +163,13 @@ async def test_a_set_once_assigned_cannot_be_deleted(
     await create_set(client, key="unused")
     await add_codes(client, "unused", ["U-1"])
     assert (await client.delete("/v1/coupon-sets/unused")).status_code == 204
+
+
+async def test_a_free_code_held_at_a_checkout_is_not_handed_out(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    held = await client.post("/v1/redemptions", json={"code": "C-1", "hold_seconds": 60})
+    assert held.status_code == 201
+    assert (await assign(client, set_key, "alice")).json()["code"] == "C-2"
+    await client.post(f"/v1/redemptions/{held.json()['id']}/release")
+    assert (await assign(client, set_key, "bob")).json()["code"] in ("C-1", "C-3")
