@@ -1,5 +1,6 @@
 """Every error is problem+json, the framework's own included; no traceback leaks."""
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from app.errors import AppError
 from app.main import create_app
 from app.services import coupon_sets
 from app.settings import Settings
-from tests.conftest import make_client
+from tests.conftest import ADMIN_SECRET, make_client
 from tests.helpers import problem_type
 
 
@@ -144,3 +145,27 @@ def test_every_problem_type_is_documented() -> None:
 
 def _subclasses(cls: type[AppError]) -> list[type[AppError]]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+async def test_a_saturated_connection_pool_is_a_503_then_recovers(database_url: str) -> None:
+    settings = Settings(
+        environment="test",
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_pool_timeout=0.5,
+        admin_api_key=ADMIN_SECRET,
+    )
+    app = create_app(settings, database_url=database_url)
+    async with LifespanManager(app), make_client(app) as http:
+        # The only connection is taken, as by a slow request.
+        async with app.state.engine.connect() as held:
+            await held.exec_driver_sql("SELECT 1")
+            started = time.monotonic()
+            busy = await http.get("/v1/coupon-sets")
+            waited = time.monotonic() - started
+        recovered = await http.get("/v1/coupon-sets")
+    assert busy.status_code == 503
+    assert problem_type(busy) == "service-unavailable"
+    assert busy.headers["retry-after"] == "1"
+    assert waited < 5, "refused within the pool timeout, not hung"
+    assert recovered.status_code == 200
