@@ -169,10 +169,11 @@ async def test_redeem_and_rollback_race_without_negative_usage(
 async def test_held_and_released_codes_all_come_back(live: httpx.AsyncClient) -> None:
     for round_ in range(ROUNDS):
         key = f"hold-{round_}"
-        codes = [f"H{round_}-{n}" for n in range(20)]
+        # "X" keeps rounds apart once separators are ignored ("H1-10" would be "H11-0").
+        codes = [f"H{round_}X{n}" for n in range(20)]
         await create_set(live, key=key)
         await add_codes(live, key, codes)
-        holds = await gather(*(redeem(live, c, hold_seconds=60) for c in codes))
+        holds = await gather(*(redeem(live, c, set=key, hold_seconds=60) for c in codes))
         assert all(r.status_code == 201 for r in holds)
         released = await gather(
             *(live.post(f"/v1/redemptions/{r.json()['id']}/release") for r in holds)
@@ -180,5 +181,5 @@ async def test_held_and_released_codes_all_come_back(live: httpx.AsyncClient) ->
         assert all(r.status_code == 200 for r in released)
         pools = (await live.get(f"/v1/coupon-sets/{key}/pools")).json()["items"]
         assert pools[0]["stock"]["available"] == 20
-        again = await gather(*(redeem(live, c) for c in codes))
+        again = await gather(*(redeem(live, c, set=key) for c in codes))
         assert all(r.status_code == 201 for r in again), "released codes are usable"
