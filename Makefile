@@ -45,8 +45,8 @@ pytest: $(STAMP)
 test-slow: $(STAMP)  ## the concurrency scenarios, 25 rounds each
 	COUPONS_TEST_ROUNDS=25 $(BIN)/pytest tests/concurrency $(PYTEST_ARGS)
 
-openapi: $(STAMP)  ## write openapi/openapi.json from the app
-	$(BIN)/python -m app.openapi openapi/openapi.json
+openapi: $(STAMP)  ## write openapi/openapi.json and docs/problems.md from the app
+	$(BIN)/python -m app.openapi openapi/openapi.json docs/problems.md
 
 migrate: $(STAMP)  ## apply the migrations to DATABASE_URL (or the embedded server)
 	$(BIN)/python -m app.serve --migrate-only

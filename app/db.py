@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.errors import AppError
+from app.errors import AppError, sqlstate
 from app.settings import Settings
 
 
@@ -55,10 +55,9 @@ Session = Annotated[AsyncSession, Depends(_request_session, scope="function")]
 
 def _unique_violation(exc: IntegrityError) -> str | None:
     """The name of the unique constraint or index an insert/update hit, if that is the error."""
-    cause = exc.orig.__cause__ if exc.orig is not None else None
-    if getattr(cause, "sqlstate", None) == "23505":
-        return str(getattr(cause, "constraint_name", ""))
-    return None
+    if sqlstate(exc) != "23505":
+        return None
+    return str(getattr(exc.orig.__cause__ if exc.orig else None, "constraint_name", ""))
 
 
 async def flush_unique(

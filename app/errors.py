@@ -24,6 +24,13 @@ PROBLEM_TYPE_PREFIX = "urn:coupons:problem:"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
+def sqlstate(exc: BaseException) -> str:
+    """PostgreSQL's error code behind a SQLAlchemy error ("" when there is none)."""
+    orig = getattr(exc, "orig", None)
+    cause = orig.__cause__ if orig is not None else None
+    return str(getattr(cause, "sqlstate", "") or "")
+
+
 def problem_type(slug: str) -> str:
     return PROBLEM_TYPE_PREFIX + slug
 
@@ -68,6 +75,12 @@ class AppError(Exception):
         self.detail = detail
         self.headers = headers or {}
         self.extensions = extensions
+
+
+class BadRequest(AppError):
+    """Raised by the framework for a body it cannot decode; declared for the docs."""
+
+    slug, title, status = "bad-request", "The request body cannot be read", 400
 
 
 class Unauthorized(AppError):
@@ -330,9 +343,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route: each status it can refuse with, as problem+json.
 
-    Every route can also answer 401/403 (auth), 413 (body size), 422 (validation) and
-    503 (database unavailable), added here."""
+    Every route can also answer 400 (undecodable body), 401/403 (auth), 413 (body
+    size), 422 (validation) and 503 (database unavailable), added here."""
     always: tuple[type[AppError], ...] = (
+        BadRequest,
         Unauthorized,
         Forbidden,
         PayloadTooLarge,
@@ -374,10 +388,45 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def merge_responses(
+    base: dict[int | str, dict[str, Any]], extra: dict[int | str, dict[str, Any]]
+) -> dict[int | str, dict[str, Any]]:
+    """Both sets of declared responses; descriptions of a shared status are joined."""
+    merged = {status: dict(response) for status, response in base.items()}
+    for status, response in extra.items():
+        if status not in merged:
+            merged[status] = response
+        elif response["description"] not in merged[status]["description"]:
+            merged[status]["description"] += "; " + response["description"]
+    return merged
+
+
+async def _unstorable_text(request: Request, exc: Exception) -> JSONResponse:
+    # A NUL character or an unpaired surrogate in a path or query parameter: PostgreSQL
+    # text cannot hold it (bodies are refused earlier, field by field).
+    return problem_response(
+        request,
+        slug=ValidationFailed.slug,
+        title=ValidationFailed.title,
+        status=422,
+        detail="The request holds characters that cannot be stored: NUL or unpaired surrogates.",
+    )
+
+
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # PostgreSQL's class 22 (data exception) for a value the request carried; anything
+    # else from the driver is unexpected.
+    if sqlstate(exc).startswith("22"):
+        return await _unstorable_text(request, exc)
+    return await _unexpected_error(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for error in DATABASE_UNAVAILABLE_ERRORS:
         app.add_exception_handler(error, _database_unavailable)
+    app.add_exception_handler(UnicodeEncodeError, _unstorable_text)
+    app.add_exception_handler(sqlalchemy.exc.DBAPIError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)

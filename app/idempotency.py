@@ -23,7 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import CurrentKey
 from app.db import Session
-from app.errors import AppError, IdempotencyKeyInUse, IdempotencyKeyReused, ValidationFailed
+from app.errors import (
+    AppError,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    ValidationFailed,
+    merge_responses,
+    problem_responses,
+)
 from app.models.idempotency import IdempotencyRecord
 
 KEEP_FOR = timedelta(hours=24)
@@ -140,6 +147,10 @@ class IdempotentRoute(APIRoute):
         methods = set(kwargs.get("methods") or ())
         if methods & WRITE_METHODS:
             kwargs["dependencies"] = [*(kwargs.get("dependencies") or []), Depends(idempotency_key)]
+            kwargs["responses"] = merge_responses(
+                kwargs.get("responses") or {},
+                problem_responses(IdempotencyKeyInUse, IdempotencyKeyReused),
+            )
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

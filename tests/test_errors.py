@@ -1,5 +1,6 @@
 """Every error is problem+json, the framework's own included; no traceback leaks."""
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,8 +11,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from app.errors import AppError
+from app.errors import IdempotencyKeyInUse, NotFound, PoolExhausted, UnknownCode
 from app.main import create_app
+from app.openapi import render_problems
 from app.services import coupon_sets
 from app.settings import Settings
 from tests.conftest import ADMIN_SECRET, make_client
@@ -138,13 +140,9 @@ async def test_an_unreachable_database_is_a_503_with_retry_after(
 
 def test_every_problem_type_is_documented() -> None:
     documented = (Path(__file__).resolve().parent.parent / "docs" / "problems.md").read_text()
-    kinds = [AppError, *_subclasses(AppError)]
-    for kind in kinds:
-        assert f"`urn:coupons:problem:{kind.slug}`" in documented, kind.__name__
-
-
-def _subclasses(cls: type[AppError]) -> list[type[AppError]]:
-    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+    assert documented == render_problems(), "docs/problems.md is stale: run `make openapi`"
+    for kind in (NotFound, PoolExhausted, IdempotencyKeyInUse, UnknownCode):
+        assert f"`urn:coupons:problem:{kind.slug}`" in documented
 
 
 async def test_a_saturated_connection_pool_is_a_503_then_recovers(database_url: str) -> None:
@@ -169,3 +167,44 @@ async def test_a_saturated_connection_pool_is_a_503_then_recovers(database_url: 
     assert busy.headers["retry-after"] == "1"
     assert waited < 5, "refused within the pool timeout, not hung"
     assert recovered.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"label": "nul \u0000 inside"},
+        {"label": "x", "description": "lone \ud82f surrogate"},
+        {"label": "x", "metadata": {"deep": ["ok", "nul\u0000"]}},
+        {"label": "x", "metadata": {"k\u0000": 1}},
+    ],
+)
+async def test_text_the_database_cannot_store_is_a_validation_problem(
+    client: httpx.AsyncClient, body: dict[str, object]
+) -> None:
+    # json.dumps escapes what httpx would refuse to encode (a lone surrogate as \\ud82f).
+    response = await client.post(
+        "/v1/coupon-sets",
+        content=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert problem_type(response) == "validation-error"
+
+
+async def test_unstorable_text_in_the_query_or_path_is_a_validation_problem(
+    client: httpx.AsyncClient,
+) -> None:
+    for response in (
+        await client.get("/v1/coupon-sets", params={"q": "a\u0000b"}),
+        await client.get("/v1/coupon-sets/a%00b"),
+    ):
+        assert response.status_code == 422, response.text
+        assert problem_type(response) == "validation-error"
+
+
+async def test_an_undecodable_body_is_a_bad_request_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/coupon-sets", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (400, 422)
+    assert response.headers["content-type"] == "application/problem+json"

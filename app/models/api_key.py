@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, Entity
-from app.models.common import Label
+from app.models.common import Label, WriteModel
 from app.pagination import Page
 
 
@@ -50,9 +50,7 @@ class ApiKey(Entity, Base):
         return any(scope in IMPLIED_SCOPES[Scope(s)] for s in self.scopes)
 
 
-class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ApiKeyCreate(WriteModel):
     name: Label = Field(description="What the key is for, e.g. 'checkout service'")
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
     expires_at: AwareDatetime | None = Field(

@@ -4,12 +4,13 @@ code row (app/models/code.py); for shared sets it is a row here."""
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import BigInteger, ForeignKey, Identity, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
 from app.models.code import Channel
+from app.models.common import WriteModel
 
 RecipientId = Field(min_length=1, max_length=200, description="The caller's id for the contact")
 
@@ -37,9 +38,7 @@ class SharedAssignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
-class AssignmentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AssignmentCreate(WriteModel):
     recipient_id: str = RecipientId
     address: str | None = Field(default=None, max_length=320, description="Email, phone…")
     channel: Channel | None = None

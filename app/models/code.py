@@ -15,6 +15,7 @@ from sqlalchemy import BigInteger, ForeignKey, Identity, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
+from app.models.common import WriteModel
 
 
 class CodeStatus(enum.StrEnum):
@@ -78,6 +79,7 @@ class Code(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
+UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _SEPARATORS = re.compile(r"[\s\-_.]+")
 
 
@@ -96,9 +98,8 @@ MAX_CODES_PER_REQUEST = 10_000
 MAX_GENERATE = 1_000_000
 
 
-class CodesAdd(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CodesAdd(WriteModel):
+    checked_per_item = frozenset({"codes"})
     codes: list[str] = Field(min_length=1, max_length=MAX_CODES_PER_REQUEST)
     pool: str = Field(default="default", min_length=1, max_length=200)
 
@@ -116,11 +117,9 @@ class CodesAdded(BaseModel):
     duplicate_codes: list[str] = Field(description="The duplicates (at most the first 100)")
 
 
-class CodesGenerate(BaseModel):
+class CodesGenerate(WriteModel):
     """Either a ``pattern`` (``#`` a digit, ``?`` a letter, anything else literal) or a
     ``length`` over a ``charset``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     count: int = Field(ge=1, le=MAX_GENERATE)
     pattern: str | None = Field(

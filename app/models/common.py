@@ -3,9 +3,17 @@
 import json
 import re
 import unicodedata
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -37,3 +45,38 @@ Metadata = Annotated[
     AfterValidator(_bounded_json),
     Field(description="Free-form JSON object kept with the resource (at most 16 KiB)"),
 ]
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """Strings anywhere in ``value`` (lists, objects) that PostgreSQL can store: no NUL,
+    no unpaired surrogate (JSON allows both, text and jsonb do not)."""
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            raise ValueError("must not contain NUL characters or unpaired surrogates")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+    return value
+
+
+class WriteModel(BaseModel):
+    """Base of every request body: unknown fields are refused (no mass assignment), and
+    so is text the database could not store."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Fields whose items are checked one by one later and reported per item.
+    checked_per_item: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_storable(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name in cls.checked_per_item:
+            return value
+        return _storable(value)

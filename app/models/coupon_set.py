@@ -19,7 +19,7 @@ from sqlalchemy import CheckConstraint, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, Entity
-from app.models.common import Description, Label, Metadata
+from app.models.common import Description, Label, Metadata, WriteModel
 from app.pagination import Page
 
 
@@ -116,9 +116,7 @@ def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> 
         raise ValueError("valid_from must be before valid_until")
 
 
-class CouponSetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CouponSetCreate(WriteModel):
     label: Label
     key: SetKey | None = Field(default=None, description="Generated from the label when absent")
     kind: SetKind = SetKind.unique
@@ -163,11 +161,9 @@ class CouponSetCreate(BaseModel):
         return self
 
 
-class CouponSetUpdate(BaseModel):
+class CouponSetUpdate(WriteModel):
     """Only the fields sent change; null clears an optional field. The kind is fixed
     at creation and the status changes through archive/unarchive."""
-
-    model_config = ConfigDict(extra="forbid")
 
     label: Label | None = None
     key: SetKey | None = None

@@ -8,7 +8,7 @@ from sqlalchemy import ForeignKey, Index, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, Entity
-from app.models.common import Label
+from app.models.common import Label, WriteModel
 
 DEFAULT_POOL = "default"
 MAX_POOLS_PER_SET = 1000
@@ -24,15 +24,11 @@ class Pool(Entity, Base):
     name: Mapped[str]
 
 
-class PoolCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PoolCreate(WriteModel):
     name: Label
 
 
-class PoolUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PoolUpdate(WriteModel):
     name: Label
 
 

@@ -5,12 +5,13 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import BigInteger, ForeignKey, Index, Numeric, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
 from app.models.code import CodeText
+from app.models.common import WriteModel
 
 
 class RedemptionStatus(enum.StrEnum):
@@ -54,9 +55,7 @@ class Redemption(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
-class RedemptionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RedemptionRequest(WriteModel):
     code: CodeText
     set: str | None = Field(
         default=None,

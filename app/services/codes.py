@@ -14,6 +14,7 @@ from app.errors import AlreadyRedeemed, CodeSpaceTooSmall, NotFound, WrongSetKin
 from app.models.api_key import ApiKey
 from app.models.audit import AuditAction
 from app.models.code import (
+    UNSTORABLE,
     Code,
     CodesAdd,
     CodesAdded,
@@ -83,8 +84,8 @@ def _reason(code: str, lookup: str) -> str | None:
         return "empty"
     if len(code) > 100:
         return "longer than 100 characters"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in code):
-        return "contains control characters"
+    if UNSTORABLE.search(code):
+        return "contains control characters or unpaired surrogates"
     if not lookup:
         return "nothing left once separators are ignored"
     return None
@@ -109,7 +110,8 @@ async def add_codes(
         lookup = normalise(code, exact=exact)
         reason = _reason(code, lookup)
         if reason:
-            rejected.append(RejectedCode(index=index, code=raw[:100], reason=reason))
+            shown = UNSTORABLE.sub("\ufffd", raw[:100])  # the echo must encode as JSON
+            rejected.append(RejectedCode(index=index, code=shown, reason=reason))
         elif lookup in wanted:
             repeated.append(code)
         else:

@@ -1,3 +1,4 @@
+import json
 import re
 
 import httpx
@@ -177,3 +178,17 @@ async def test_a_pool_with_codes_cannot_be_deleted(client: httpx.AsyncClient, se
     response = await client.delete(f"/v1/coupon-sets/{set_key}/pools/soccer")
     assert response.status_code == 409
     assert problem_type(response) == "pool-not-empty"
+
+
+async def test_unstorable_codes_are_rejected_one_by_one(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    body = {"codes": ["GOOD-1", "nul\u0000", "half\ud800"]}
+    response = await client.post(
+        f"/v1/coupon-sets/{set_key}/codes",
+        content=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    report = response.json()
+    assert report["accepted"] == 1
+    assert [r["index"] for r in report["rejected"]] == [1, 2]  # type: ignore[attr-defined]
