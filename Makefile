@@ -43,7 +43,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP)  ## the concurrency scenarios, 25 rounds each
-	COUPONS_TEST_ROUNDS=25 $(BIN)/pytest tests/concurrency $(PYTEST_ARGS)
+	COUPONS_TEST_ROUNDS=25 $(BIN)/pytest tests/live/test_concurrency.py $(PYTEST_ARGS)
 
 openapi: $(STAMP)  ## write openapi/openapi.json and docs/problems.md from the app
 	$(BIN)/python -m app.openapi openapi/openapi.json docs/problems.md
