@@ -3,7 +3,9 @@
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -51,6 +53,26 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 Session = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+
+
+async def create_driver_pool(settings: Settings, url: str) -> asyncpg.Pool:
+    """Plain asyncpg connections in autocommit, for hot paths that are one statement (its
+    own transaction) and cannot afford the ORM session. Connects lazily."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=settings.db_pool_size,
+        server_settings={"application_name": "coupon-service"},
+    )
+
+
+async def _driver_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.driver_pool
+    return pool
+
+
+DriverPool = Annotated[asyncpg.Pool, Depends(_driver_pool)]
 
 
 def _unique_violation(exc: IntegrityError) -> str | None:

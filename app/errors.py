@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
 import sqlalchemy.exc
 from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
@@ -25,9 +26,10 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 def sqlstate(exc: BaseException) -> str:
-    """PostgreSQL's error code behind a SQLAlchemy error ("" when there is none)."""
+    """PostgreSQL's error code of an asyncpg error or of the asyncpg error behind a
+    SQLAlchemy one ("" when there is none)."""
     orig = getattr(exc, "orig", None)
-    cause = orig.__cause__ if orig is not None else None
+    cause = orig.__cause__ if orig is not None else exc
     return str(getattr(cause, "sqlstate", "") or "")
 
 
@@ -369,7 +371,7 @@ def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     # The pool is exhausted or PostgreSQL is unreachable: a retry later can succeed.
-    logger.warning("database unavailable: %s", type(exc).__name__)
+    logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
     return problem_response(
         request,
         slug=ServiceUnavailable.slug,
@@ -436,4 +438,10 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, _database_unavailable)
     app.add_exception_handler(UnicodeEncodeError, _unstorable_text)
     app.add_exception_handler(sqlalchemy.exc.DBAPIError, _driver_error)
+    # The same for the plain asyncpg pool of the hot paths. Its client-side errors come
+    # from connections that broke under a query (the server went away); each request
+    # holds its own connection, so they are not misuse.
+    app.add_exception_handler(asyncpg.PostgresError, _driver_error)
+    app.add_exception_handler(asyncpg.InterfaceError, _database_unavailable)
+    app.add_exception_handler(asyncpg.InternalClientError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

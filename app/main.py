@@ -13,7 +13,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__
-from app.db import create_engine, create_sessionmaker
+from app.db import create_driver_pool, create_engine, create_sessionmaker
 from app.errors import Problem, install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.logging import configure_logging
@@ -97,9 +97,11 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         engine = create_engine(settings, database_url)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.driver_pool = await create_driver_pool(settings, database_url)
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)
         yield
+        await app.state.driver_pool.close()
         await engine.dispose()
 
     app = FastAPI(

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.auth import AssignKey, ReadKey
-from app.db import Session
+from app.db import DriverPool, Session
 from app.errors import (
     Expired,
     NotFound,
@@ -52,10 +52,11 @@ async def assign_code(
     session: Session,
     response: Response,
     key: IdempotencyKey,
+    plain_pool: DriverPool,
 ) -> AssignmentPublic:
-    # The set and pool are found by the service in one query: this is the hot path.
+    # The hot path: the service finds the set and pool itself, in one query.
     assignment, created = await assignments.assign(
-        session, set_ref=set_id, data=body, actor=_, idempotency_key=key
+        session, set_ref=set_id, data=body, actor=_, idempotency_key=key, plain_pool=plain_pool
     )
     if not created:
         response.status_code = status.HTTP_200_OK

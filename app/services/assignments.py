@@ -6,9 +6,12 @@ recipient on it, in the same statement as its audit row. Shared sets: a row in
 ``shared_assignments``."""
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,7 +26,7 @@ from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, decode_id_cursor
 from app.services import audit, pools
 from app.services.codes import pool_stock
-from app.services.coupon_sets import matches_ref, set_not_found
+from app.services.coupon_sets import matches_ref, parse_id, set_not_found
 
 # Per-process scan hint: the highest id this process claimed in each pool. Free codes
 # are claimed in id order, so the next free one is almost always above it, and the
@@ -45,6 +48,34 @@ _CLAIM = text(
     "SELECT * FROM claim_code(:set_id, :pool_id, :pool_name, :rid, :address, :channel, "
     ":delivery_id, :additional, :api_key_id, :idempotency_key, :after)"
 )
+_CLAIM_PLAIN = "SELECT * FROM claim_code($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)"
+
+# The fast path's lookup of a set (by id, or by key) and its pool, for plain asyncpg.
+_SET_AND_POOL_PLAIN = """
+    SELECT s.id, s.key, s.kind, s.status, s.valid_from, s.valid_until, p.id AS pool_id,
+           p.name AS pool_name
+    FROM coupon_sets s
+    LEFT JOIN pools p ON p.set_id = s.id AND lower(p.name) = lower($2)
+    WHERE {match}
+"""
+_BY_ID = _SET_AND_POOL_PLAIN.format(match="s.id = $1::uuid")
+_BY_KEY = _SET_AND_POOL_PLAIN.format(match="lower(s.key) = lower($1)")
+
+
+@asynccontextmanager
+async def _discarded_if_broken(connection: asyncpg.Connection) -> AsyncIterator[None]:
+    """A connection that broke under a query (the server went away) can be left in a
+    state that fails the next user; close it instead of returning it to the pool."""
+    try:
+        yield
+    except (
+        OSError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        asyncpg.PostgresConnectionError,
+    ):
+        connection.terminate()
+        raise
 
 
 def ensure_usable(coupon_set: CouponSet, *, at: datetime | None = None) -> None:
@@ -99,6 +130,63 @@ async def _set_and_pool(
     return row[0], row[1]
 
 
+async def _assign_autocommit(
+    pool: asyncpg.Pool, *, set_ref: str, data: AssignmentCreate, actor: ApiKey
+) -> tuple[AssignmentPublic, bool] | None:
+    """The common case in two round trips on a plain connection, without a transaction
+    of its own: ``claim_code()`` is one statement, so it commits alone and atomically.
+    None when this is not the common case (a shared set, an empty pool, an unknown
+    set or pool): the caller then takes the transactional path, which explains it."""
+    pool_name = data.pool or DEFAULT_POOL
+    set_id = parse_id(set_ref)
+    async with pool.acquire() as connection, _discarded_if_broken(connection):
+        found = await connection.fetchrow(
+            _BY_ID if set_id else _BY_KEY, set_id or set_ref, pool_name
+        )
+        if found is None or found["kind"] != SetKind.unique or found["pool_id"] is None:
+            return None
+        coupon_set = CouponSet(
+            id=found["id"],
+            key=found["key"],
+            kind=found["kind"],
+            status=found["status"],
+            valid_from=found["valid_from"],
+            valid_until=found["valid_until"],
+        )
+        ensure_usable(coupon_set)
+        pool_id: uuid.UUID = found["pool_id"]
+        row = await connection.fetchrow(
+            _CLAIM_PLAIN,
+            coupon_set.id,
+            pool_id,
+            found["pool_name"],
+            data.recipient_id,
+            data.address,
+            data.channel.value if data.channel else None,
+            data.delivery_id,
+            data.additional,
+            actor.id,
+            _scan_hint.get(pool_id, 0),
+        )
+    if row is None:
+        return None
+    if row["created"]:
+        _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), row["id"])
+    public = AssignmentPublic(
+        code=row["code"],
+        set_id=coupon_set.id,
+        set_key=coupon_set.key,
+        pool=found["pool_name"],
+        recipient_id=data.recipient_id,
+        address=row["address"],
+        channel=row["channel"],
+        delivery_id=row["delivery_id"],
+        additional=row["additional"],
+        assigned_at=row["assigned_at"],
+    )
+    return public, bool(row["created"])
+
+
 async def assign(
     session: AsyncSession,
     *,
@@ -106,8 +194,17 @@ async def assign(
     data: AssignmentCreate,
     actor: ApiKey,
     idempotency_key: str | None,
+    plain_pool: asyncpg.Pool | None = None,
 ) -> tuple[AssignmentPublic, bool]:
-    """The recipient's code and whether it is new (False: they held it already)."""
+    """The recipient's code and whether it is new (False: they held it already).
+
+    With ``plain_pool`` the common case takes the autocommit fast path; a request with
+    an Idempotency-Key never does, because its stored response must commit in the same
+    transaction as the claim."""
+    if plain_pool is not None and idempotency_key is None:
+        fast = await _assign_autocommit(plain_pool, set_ref=set_ref, data=data, actor=actor)
+        if fast is not None:
+            return fast
     coupon_set, pool = await _set_and_pool(session, set_ref, data.pool or DEFAULT_POOL)
     ensure_usable(coupon_set)
     if coupon_set.kind == SetKind.shared:

@@ -46,7 +46,8 @@ def _like_pattern(q: str) -> str:
     return f"%{escaped}%"
 
 
-def _parse_id(ref: str) -> uuid.UUID | None:
+def parse_id(ref: str) -> uuid.UUID | None:
+    """``ref`` as a UUID, or None when it is a key."""
     try:
         return uuid.UUID(ref)
     except ValueError:
@@ -55,7 +56,7 @@ def _parse_id(ref: str) -> uuid.UUID | None:
 
 def matches_ref(ref: str) -> ColumnElement[bool]:
     """The set whose id is ``ref`` or, failing that, whose key is (case-insensitive)."""
-    set_id = _parse_id(ref)
+    set_id = parse_id(ref)
     return CouponSet.id == set_id if set_id else func.lower(CouponSet.key) == ref.lower()
 
 
