@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -170,21 +171,17 @@ async def _assign_autocommit(
         )
     if row is None:
         return None
-    if row["created"]:
-        _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), row["id"])
-    public = AssignmentPublic(
-        code=row["code"],
-        set_id=coupon_set.id,
-        set_key=coupon_set.key,
+    claimed = SimpleNamespace(**row)
+    if claimed.created:
+        _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), claimed.id)
+    public = _public(
+        coupon_set,
+        claimed,
+        code=claimed.code,
         pool=found["pool_name"],
         recipient_id=data.recipient_id,
-        address=row["address"],
-        channel=row["channel"],
-        delivery_id=row["delivery_id"],
-        additional=row["additional"],
-        assigned_at=row["assigned_at"],
     )
-    return public, bool(row["created"])
+    return public, bool(claimed.created)
 
 
 async def assign(

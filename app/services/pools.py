@@ -1,6 +1,5 @@
 """Pools of a unique set: create, list, find, rename, delete."""
 
-import uuid
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +16,7 @@ from app.errors import (
 from app.models.code import Code
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.pool import DEFAULT_POOL, MAX_POOLS_PER_SET, Pool
+from app.services.coupon_sets import parse_id
 
 _NAME_INDEX = "uq_pools_set_id_name_lower"
 
@@ -65,10 +65,8 @@ async def list_pools(session: AsyncSession, *, coupon_set: CouponSet) -> list[Po
 async def get_pool(session: AsyncSession, *, coupon_set: CouponSet, ref: str) -> Pool:
     """Find a pool of the set by its id or, failing that, by its name (case-insensitive)."""
     _ensure_unique_set(coupon_set)
-    try:
-        match = Pool.id == uuid.UUID(ref)
-    except ValueError:
-        match = func.lower(Pool.name) == ref.lower()
+    pool_id = parse_id(ref)
+    match = Pool.id == pool_id if pool_id else func.lower(Pool.name) == ref.lower()
     stmt = select(Pool).where(Pool.set_id == coupon_set.id, match)
     pool = (await session.execute(stmt)).scalar_one_or_none()
     if pool is None:
