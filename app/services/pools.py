@@ -1,6 +1,5 @@
 """Pools of a unique set: create, list, find, rename, delete."""
 
-
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
