@@ -37,7 +37,11 @@ PoolRef = Annotated[Pool, Depends(_pool)]
 
 
 async def _with_stock(session: Session, rows: list[Pool]) -> list[PoolPublic]:
-    stock = await codes.pool_stock(session, set_id=rows[0].set_id) if rows else {}
+    if not rows:
+        return []
+    # One pool (get, create, rename) is counted alone; a list counts the whole set.
+    only = rows[0].id if len(rows) == 1 else None
+    stock = await codes.pool_stock(session, set_id=rows[0].set_id, pool_id=only)
     return [
         PoolPublic.model_validate(
             {

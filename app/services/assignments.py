@@ -23,7 +23,7 @@ from app.models.assignment import AssignmentCreate, AssignmentPublic, SharedAssi
 from app.models.audit import AuditAction
 from app.models.code import Code
 from app.models.coupon_set import CouponSet, SetKind, SetStatus
-from app.models.pool import DEFAULT_POOL, Pool
+from app.models.pool import DEFAULT_POOL, Pool, PoolStock
 from app.pagination import PageParams, decode_id_cursor
 from app.services import audit, pools
 from app.services.codes import pool_stock
@@ -251,15 +251,12 @@ async def assign(
             fallback=True,
         )
         return fallback, True
-    counts = (await pool_stock(session, set_id=coupon_set.id)).get(pool.id, {})
+    stock = await pool_stock(session, set_id=coupon_set.id, pool_id=pool.id)
     raise PoolExhausted(
         f"The pool '{pool.name}' of the set '{coupon_set.key}' has no code left. Add codes, "
         "or give the set a fallback_code.",
         pool=pool.name,
-        counts={
-            name: counts.get(name, 0)
-            for name in ("available", "assigned", "redeemed", "void", "total")
-        },
+        counts=PoolStock(**stock.get(pool.id, {})).model_dump(),
     )
 
 

@@ -331,14 +331,14 @@ async def void_code(
 
 
 async def pool_stock(
-    session: AsyncSession, *, set_id: uuid.UUID
+    session: AsyncSession, *, set_id: uuid.UUID, pool_id: uuid.UUID | None = None
 ) -> dict[uuid.UUID, dict[str, int]]:
-    """Codes per pool and status: {pool_id: {"available": n, ..., "total": n}}."""
-    rows = await session.execute(
-        select(Code.pool_id, Code.status, func.count())
-        .where(Code.set_id == set_id)
-        .group_by(Code.pool_id, Code.status)
-    )
+    """Codes per pool and status: {pool_id: {"available": n, ..., "total": n}}, for every
+    pool of the set or only ``pool_id``."""
+    stmt = select(Code.pool_id, Code.status, func.count()).where(Code.set_id == set_id)
+    if pool_id is not None:
+        stmt = stmt.where(Code.pool_id == pool_id)
+    rows = await session.execute(stmt.group_by(Code.pool_id, Code.status))
     stock: dict[uuid.UUID, dict[str, int]] = {}
     for pool_id, status, count in rows.all():
         counts = stock.setdefault(pool_id, {s.value: 0 for s in CodeStatus} | {"total": 0})
