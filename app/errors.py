@@ -177,6 +177,26 @@ class HoldExpired(Conflict):
     slug, title = "hold-expired", "The hold expired before it was confirmed"
 
 
+class InsufficientCodes(Conflict):
+    slug, title = "insufficient-codes", "The pool has fewer free codes than the delivery needs"
+
+
+class DeliveryNotEditable(Conflict):
+    slug, title = "delivery-not-editable", "The delivery was confirmed and can no longer change"
+
+
+class DeliveryNotFinished(Conflict):
+    slug, title = "delivery-not-finished", "The delivery has not finished its confirm"
+
+
+class TemplateInvalid(AppError):
+    slug, title, status = "template-error", "The message template cannot be used", 422
+
+
+class MediaTypeUnsupported(AppError):
+    slug, title, status = "unsupported-media-type", "Unsupported media type", 415
+
+
 class IdempotencyKeyInUse(Conflict):
     slug, title = "idempotency-key-in-use", "A request with this Idempotency-Key is still running"
 

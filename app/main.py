@@ -24,11 +24,13 @@ from app.routers import (
     audit,
     codes,
     coupon_sets,
+    deliveries,
     health,
     pools,
     redemptions,
 )
 from app.services import api_keys as api_key_service
+from app.services.deliveries import Confirmations
 from app.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -100,7 +102,12 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.driver_pool = await create_driver_pool(settings, database_url)
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)
+        app.state.confirmations = Confirmations(
+            app.state.driver_pool, batch_size=settings.confirm_batch_size
+        )
+        await app.state.confirmations.recover()
         yield
+        await app.state.confirmations.stop()
         await app.state.driver_pool.close()
         await engine.dispose()
 
@@ -123,6 +130,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         coupon_sets.router,
         pools.router,
         codes.router,
+        deliveries.router,
         assignments.router,
         redemptions.router,
         audit.router,

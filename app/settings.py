@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
     # 10,000 codes of 100 characters, the most one request may add, fit in 2 MiB.
     max_body_bytes: int = Field(default=2_097_152, ge=1024)
+    # A delivery's confirm answers 200 when it finishes within this time, else 202.
+    confirm_wait_seconds: float = Field(default=10.0, ge=0, le=60)
+    # Targets per transaction of a confirm: bigger is faster, smaller holds locks less long.
+    confirm_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
     redeem_rate_limit: str = Field(
         default="100/second",
         description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",

@@ -7,6 +7,7 @@ from app.models.audit import AuditEvent
 from app.models.base import Base
 from app.models.code import Code
 from app.models.coupon_set import CouponSet
+from app.models.delivery import Delivery, DeliveryRecipient
 from app.models.idempotency import IdempotencyRecord
 from app.models.pool import Pool
 from app.models.redemption import Redemption
@@ -17,6 +18,8 @@ __all__ = [
     "Base",
     "Code",
     "CouponSet",
+    "Delivery",
+    "DeliveryRecipient",
     "IdempotencyRecord",
     "Pool",
     "Redemption",

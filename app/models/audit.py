@@ -20,6 +20,7 @@ class AuditAction(enum.StrEnum):
     release = "release"
     rollback = "rollback"
     void = "void"
+    unassign = "unassign"
     add_codes = "add_codes"
     generate_codes = "generate_codes"
 
