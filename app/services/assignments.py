@@ -15,9 +15,10 @@ from typing import Any
 import asyncpg
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Expired, NotFound, NotYetValid, PoolExhausted, SetArchived
+from app.errors import Expired, NotFound, NotYetValid, PoolExhausted, SetArchived, sqlstate
 from app.models.api_key import ApiKey
 from app.models.assignment import AssignmentCreate, AssignmentPublic, SharedAssignment
 from app.models.audit import AuditAction
@@ -156,8 +157,7 @@ async def _assign_autocommit(
         )
         ensure_usable(coupon_set)
         pool_id: uuid.UUID = found["pool_id"]
-        row = await connection.fetchrow(
-            _CLAIM_PLAIN,
+        args = (
             coupon_set.id,
             pool_id,
             found["pool_name"],
@@ -169,6 +169,12 @@ async def _assign_autocommit(
             actor.id,
             _scan_hint.get(pool_id, 0),
         )
+        try:
+            row = await connection.fetchrow(_CLAIM_PLAIN, *args)
+        except asyncpg.UniqueViolationError:
+            # A delivery's confirm gave this recipient a code of the pool meanwhile (it
+            # does not take the recipient lock): the claim, run again, finds that code.
+            row = await connection.fetchrow(_CLAIM_PLAIN, *args)
     if row is None:
         return None
     claimed = SimpleNamespace(**row)
@@ -182,6 +188,19 @@ async def _assign_autocommit(
         recipient_id=data.recipient_id,
     )
     return public, bool(claimed.created)
+
+
+async def _claim_in_savepoint(session: AsyncSession, params: dict[str, Any]) -> Any:
+    """The claim, run again if a delivery's confirm gave the recipient a code meanwhile
+    (see ``_assign_autocommit``); the savepoint keeps the transaction usable."""
+    for attempt in (1, 2):
+        try:
+            async with session.begin_nested():
+                return (await session.execute(_CLAIM, params)).first()
+        except IntegrityError as exc:
+            if sqlstate(exc) != "23505" or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def assign(
@@ -222,7 +241,7 @@ async def assign(
         "api_key_id": actor.id,
         "idempotency_key": idempotency_key,
     }
-    row = (await session.execute(_CLAIM, {**params, "after": _scan_hint.get(pool.id, 0)})).first()
+    row = await _claim_in_savepoint(session, {**params, "after": _scan_hint.get(pool.id, 0)})
     if row is not None:
         if row.created:
             _scan_hint[pool.id] = max(_scan_hint.get(pool.id, 0), row.id)

@@ -740,7 +740,15 @@ class Confirmations:
 
     async def recover(self) -> None:
         """At start: a delivery left ``sending`` by a process that is gone (its lock is
-        free) gives its codes back and becomes ``failed``; confirming again resumes."""
+        free) gives its codes back and becomes ``failed``; confirming again starts over.
+        A database that is not there yet only postpones this to the next confirm of
+        such a delivery, which does the same."""
+        try:
+            await self._recover()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning("could not look for interrupted deliveries at start: %s", exc)
+
+    async def _recover(self) -> None:
         async with self.pool.acquire() as connection:
             stale = await connection.fetch("SELECT id FROM deliveries WHERE status = 'sending'")
             for row in stale:
