@@ -60,6 +60,7 @@ EDITABLE = (DeliveryStatus.draft, DeliveryStatus.analyzed)
 BATCH = 20_000
 INSERT_BATCH = 5_000
 MAX_FIELDS_JSON = 16_384
+MAX_RECORD_CHARS = 65_536
 PLACEHOLDER = "[coupon code: assigned at confirm]"
 
 
@@ -369,7 +370,7 @@ async def add_targets_csv(
     buffered: list[str] = []
     header: list[str] | None = None
     line_number = 0
-    seen: set[str] = set()
+    pending_size = 0
 
     def handle(record: list[str], line: int) -> None:
         assert header is not None
@@ -395,19 +396,32 @@ async def add_targets_csv(
             errors.append(RejectedRow(line=line, recipient_id=shown or None, reason=reason))
             return
         recipient_id = (row["recipient_id"] or "").strip()
-        if recipient_id in seen:
-            batch.duplicates_in_request += 1
-            return
-        seen.add(recipient_id)
+        # Repeats within the file are found by the insert (first one kept), like
+        # targets already in the list: no set of every id seen is kept in memory.
         address = (row.get("address") or "").strip() or None
         batch.rows.append((recipient_id, address, json.dumps(extra, ensure_ascii=False)))
 
     async for line in _lines(chunks):
         line_number += 1
         buffered.append(line)
-        # A quoted field can span lines: parse once the quotes balance.
+        pending_size += len(line)
+        # A quoted field can span lines: parse once the quotes balance. A quote that is
+        # never closed would swallow the rest of the file, so a record is bounded.
         if "".join(buffered).count('"') % 2:
+            if pending_size > MAX_RECORD_CHARS:
+                batch.received += 1
+                batch.rejected += 1
+                errors.append(
+                    RejectedRow(
+                        line=line_number - len(buffered) + 1,
+                        recipient_id=None,
+                        reason=f"unbalanced quotes: no record ends within {MAX_RECORD_CHARS} "
+                        "characters",
+                    )
+                )
+                buffered, pending_size = [], 0
             continue
+        pending_size = 0
         text_ = "".join(buffered)
         first_line = line_number - len(buffered) + 1
         buffered = []

@@ -486,3 +486,24 @@ async def test_list_deliveries_of_a_set(client: httpx.AsyncClient) -> None:
     assert len(everything) == 4
     drafts = (await client.get("/v1/deliveries", params={"status": "finished"})).json()
     assert drafts["items"] == []
+
+
+@pytest.mark.usefixtures("spring")
+async def test_an_unclosed_quote_does_not_swallow_the_file(client: httpx.AsyncClient) -> None:
+    delivery = await create_delivery(client)
+    filler = "".join(f"x{n},{'y' * 60}\n" for n in range(2_000))  # ~130 KB without a quote
+    text = f'recipient_id,note\na1,"never closed\n{filler}z1,ok\n'
+    response = await client.post(
+        f"/v1/deliveries/{delivery['id']}/recipients",
+        content=text.encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["errors"][0]["line"] == 2
+    assert body["errors"][0]["reason"].startswith("unbalanced quotes")
+    assert body["added"] > 900  # the lines after the bounded record are read again
+    preview = await client.get(
+        f"/v1/deliveries/{delivery['id']}/preview", params={"recipient_id": "z1"}
+    )
+    assert preview.status_code == 200
