@@ -24,6 +24,7 @@ from app.routers import (
     audit,
     codes,
     coupon_sets,
+    exports,
     health,
     pools,
     redemptions,
@@ -126,6 +127,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         assignments.router,
         redemptions.router,
         audit.router,
+        exports.router,
     )
     for router in routers:
         app.include_router(router)
