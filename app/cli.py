@@ -268,6 +268,7 @@ def import_file(
     try:
         with _client() as client, file.open("rb") as raw:
             size = file.stat().st_size
+            boundary = uuid.uuid4().hex
             columns = (TextColumn("uploading"), BarColumn(), DownloadColumn())
             with _bar(*columns, TransferSpeedColumn()) as bar:
                 task = bar.add_task("upload", total=size)
@@ -277,6 +278,9 @@ def import_file(
                     f"{_set_path(set_key)}/imports",
                     files={"file": (file.name, reading, "application/octet-stream")},
                     data=fields,
+                    # One boundary for every attempt: a retry sends the very same body,
+                    # which the Idempotency-Key requires.
+                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
                     rewind=raw,
                 )
             job: dict[str, Any] = response.json()
