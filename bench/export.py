@@ -127,7 +127,7 @@ def fill(server: Server, admin: httpx.Client, rows: int) -> None:
 
 async def _anchor(dsn: str, set_id: str) -> tuple[int, float]:
     """The service's own chunk query over the whole set, as one COPY: bytes and seconds."""
-    from app.services.exports import _CSV_CHUNK, _LAST_ID
+    from app.services.exports import CSV_CHUNK_SQL, LAST_ID
 
     received = 0
 
@@ -139,7 +139,7 @@ async def _anchor(dsn: str, set_id: str) -> tuple[int, float]:
     try:
         started = time.perf_counter()
         await conn.copy_from_query(
-            _CSV_CHUNK, set_id, 0, _LAST_ID, None, None, output=discard, format="csv"
+            CSV_CHUNK_SQL, set_id, 0, LAST_ID, None, None, output=discard, format="csv"
         )
         return received, time.perf_counter() - started
     finally:

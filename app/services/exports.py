@@ -28,7 +28,7 @@ from app.services.codes import ensure_unique_kind
 CHUNK_ROWS = 20_000
 _CHUNKS_AHEAD = 2
 
-_LAST_ID = 2**63 - 1
+LAST_ID = 2**63 - 1
 _Item = bytes | Exception | None  # a chunk, the producer's error, or the end
 
 
@@ -84,8 +84,8 @@ WHERE c.set_id = $1 AND c.id > $2 AND c.id <= $3
 ORDER BY c.id"""  # noqa: S608 - built from the constant COLUMNS only
 
 
-_CSV_CHUNK = _select(neutralise=True)
-_XML_CHUNK = _select(neutralise=False)
+CSV_CHUNK_SQL = _select(neutralise=True)
+XML_CHUNK_SQL = _select(neutralise=False)
 # The last id of the next chunk: an index-only scan of CHUNK_ROWS entries of
 # ix_codes_set_id_id. Filters are left out, so a filtered chunk holds fewer rows.
 _CHUNK_END = "SELECT id FROM codes WHERE set_id = $1 AND id > $2 ORDER BY id OFFSET $3 LIMIT 1"
@@ -142,7 +142,7 @@ async def _chunk_end(pool: asyncpg.Pool, export: Export, after: int) -> int | No
 def _args(export: Export, after: int, end: int | None) -> tuple[object, ...]:
     status = export.status.value if export.status else None
     # No NULL for "to the end": a bound the index can always use, also in a generic plan.
-    return (export.set_id, after, _LAST_ID if end is None else end, status, export.pool_id)
+    return (export.set_id, after, LAST_ID if end is None else end, status, export.pool_id)
 
 
 async def _csv_chunk(pool: asyncpg.Pool, export: Export, after: int, end: int | None) -> bytes:
@@ -153,7 +153,7 @@ async def _csv_chunk(pool: asyncpg.Pool, export: Export, after: int, end: int | 
 
     async with pool.acquire() as conn:
         await conn.copy_from_query(
-            _CSV_CHUNK, *_args(export, after, end), output=collect, format="csv"
+            CSV_CHUNK_SQL, *_args(export, after, end), output=collect, format="csv"
         )
     return b"".join(pieces)
 
@@ -190,7 +190,7 @@ def _xml_rows(records: Sequence[asyncpg.Record]) -> bytes:
 
 async def _xml_chunk(pool: asyncpg.Pool, export: Export, after: int, end: int | None) -> bytes:
     async with pool.acquire() as conn:
-        records = await conn.fetch(_XML_CHUNK, *_args(export, after, end))
+        records = await conn.fetch(XML_CHUNK_SQL, *_args(export, after, end))
     return _xml_rows(records)
 
 
