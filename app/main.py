@@ -25,6 +25,7 @@ from app.routers import (
     codes,
     coupon_sets,
     deliveries,
+    exports,
     health,
     pools,
     redemptions,
@@ -134,6 +135,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         assignments.router,
         redemptions.router,
         audit.router,
+        exports.router,
     )
     for router in routers:
         app.include_router(router)

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.assign import SERVICE_DB, service
-from bench.harness import ROOT, connect, embedded_postgres, machine
+from bench.assign import INTRO, SERVICE_DB, service
+from bench.harness import ROOT, connect, embedded_postgres, machine, write_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Delivery confirm (B3)"
@@ -207,13 +207,7 @@ peak {res["confirm_rss_mb"]:.0f} MB: **{verdict}**. Moonshot 0.5x: {moon}.
 
 def write_docs(section: str, path: Path = DOCS) -> None:
     """Replace this benchmark's section, keeping the intro and the other sections."""
-    text = path.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+    write_section(path, SECTION, section, INTRO)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -272,6 +272,21 @@ def create_database(server: Server, name: str) -> None:
         db.execute(f'CREATE DATABASE "{name}"')
 
 
+# -------------------------------------------------------------------------- the docs
+
+
+def write_section(path: Path, title: str, section: str, intro: str) -> None:
+    """Replace the section headed ``title`` in ``path`` (or append it), keeping the
+    intro and every other section; ``intro`` starts a file that does not exist yet."""
+    text = path.read_text() if path.exists() else intro
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
 # ---------------------------------------------------------------------- the machine
 
 
