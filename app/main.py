@@ -104,7 +104,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)
         app.state.confirmations = Confirmations(
-            app.state.driver_pool, batch_size=settings.confirm_batch_size
+            app.state.driver_pool,
+            batch_size=settings.confirm_batch_size,
+            workers=settings.confirm_workers,
         )
         await app.state.confirmations.recover()
         yield

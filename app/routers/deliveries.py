@@ -44,6 +44,7 @@ from app.models.delivery import (
 from app.pagination import PageQuery, encode_cursor
 from app.services import deliveries
 from app.services.deliveries import Confirmations
+from app.services.exports import FORMULA_STARTS
 
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"], route_class=IdempotentRoute)
 
@@ -258,7 +259,7 @@ _FIELDS = ("recipient_id", "address", "code", "subject", "body")
 def _csv_cell(value: Any) -> str:
     """A spreadsheet runs cells starting with these as formulas; a quote makes them text."""
     shown = "" if value is None else str(value)
-    return "'" + shown if shown[:1] in ("=", "+", "-", "@", "\t", "\r") else shown
+    return "'" + shown if shown.startswith(FORMULA_STARTS) else shown
 
 
 @router.get(

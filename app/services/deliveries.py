@@ -11,6 +11,7 @@ exported once the delivery is ``finished``, so a code taken back was never sent.
 
 import asyncio
 import codecs
+import contextlib
 import csv
 import json
 import logging
@@ -741,9 +742,10 @@ class _Run:
 class Confirmations:
     """The confirms running in this process; stopped cleanly at shutdown."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = BATCH) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = BATCH, workers: int = 2) -> None:
         self.pool = pool
         self.batch_size = batch_size
+        self.workers = workers
         self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
 
@@ -810,7 +812,7 @@ class Confirmations:
     async def _work(self, connection: asyncpg.Connection, run: _Run) -> None:
         try:
             try:
-                await _claim_all(connection, run, self.stopping, self.batch_size)
+                await self._claim_all(connection, run)
             except _Shortage as exc:
                 await _fail(connection, run, f"insufficient-codes: {exc}")
             except _Stopped:
@@ -830,6 +832,16 @@ class Confirmations:
             if not connection.is_closed():
                 await connection.execute("SELECT pg_advisory_unlock_all()")
             await self.pool.release(connection)
+
+    async def _claim_all(self, connection: asyncpg.Connection, run: _Run) -> None:
+        """On the run's own connection (which holds its lock) and on ``workers - 1``
+        more from the pool."""
+        async with contextlib.AsyncExitStack() as stack:
+            extra = [
+                await stack.enter_async_context(self.pool.acquire())
+                for _ in range(self.workers - 1)
+            ]
+            await _claim_all([connection, *extra], run, self.stopping, self.batch_size)
 
 
 async def _settled(pool: asyncpg.Pool, key: uuid.UUID) -> bool:
@@ -938,65 +950,111 @@ async def _check_and_start(connection: asyncpg.Connection, key: uuid.UUID, actor
     )
 
 
+# The upper seq of every full batch of the targets to message, so batches can run on
+# several connections at once, each over its own range of the list.
+_BOUNDS = """
+SELECT seq FROM (
+    SELECT seq, row_number() OVER (ORDER BY seq) AS n
+    FROM delivery_recipients WHERE delivery_id = $1 AND seq <= $2
+) numbered
+WHERE n % $3 = 0
+ORDER BY seq
+"""
+
+
 async def _claim_all(
-    connection: asyncpg.Connection, run: _Run, stopping: asyncio.Event, batch_size: int
+    connections: list[asyncpg.Connection],
+    run: _Run,
+    stopping: asyncio.Event,
+    batch_size: int,
 ) -> None:
-    after = 0
-    hint = 0
-    while after < run.last_seq:
-        if stopping.is_set():
-            raise _Stopped
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                async with connection.transaction():
-                    if run.pool_id is None:
-                        row = await connection.fetchrow(
-                            _SHARE_BATCH,
-                            run.delivery_id, after, run.last_seq, batch_size, run.set_id,
-                            run.channel, str(run.delivery_id), run.api_key_id, run.shared_code,
-                        )  # fmt: skip
-                        claimed, kept = row["claimed"], row["targets"] - row["claimed"]
-                    else:
-                        row = await connection.fetchrow(
-                            _CLAIM_BATCH,
-                            run.delivery_id, after, run.last_seq, batch_size, run.pool_id,
-                            run.set_id, run.channel, str(run.delivery_id), run.api_key_id,
-                            hint, run.pool_name,
-                        )  # fmt: skip
-                        if row["claimed"] < row["needed"]:
-                            if hint:
-                                raise _RetryFromStart
-                            raise _Shortage(
-                                f"{row['needed'] - row['claimed']} codes were missing when "
-                                "other claims took them during the confirm"
-                            )
-                        claimed, kept = row["claimed"], row["targets"] - row["needed"]
-                        hint = max(hint, row["max_id"] or 0)
-                    await connection.execute(
-                        """UPDATE deliveries SET processed = processed + $2,
-                               assigned = assigned + $3, kept = kept + $4, updated_at = now()
-                           WHERE id = $1""",
-                        run.delivery_id,
-                        row["targets"],
-                        claimed,
-                        kept,
-                    )
-                after = row["last_seq"] or run.last_seq
-                break
-            except _RetryFromStart:
-                hint = 0
-            except asyncpg.UniqueViolationError:
-                # A target got a code from a single assignment meanwhile: run the batch
-                # again; they now keep theirs.
-                if attempts >= 20:
-                    raise
-    await connection.execute(
+    """Every batch, on as many connections as given (two keep both cores of a small
+    machine busy: the work is in PostgreSQL, one backend per connection). Batches take
+    disjoint targets, and their codes with SKIP LOCKED, so they never wait on each
+    other; a failing batch stops the others after their current one."""
+    bounds = [row["seq"] for row in await connections[0].fetch(
+        _BOUNDS, run.delivery_id, run.last_seq, batch_size
+    )]  # fmt: skip
+    if not bounds or bounds[-1] != run.last_seq:
+        bounds.append(run.last_seq)
+    ranges = list(zip([0, *bounds[:-1]], bounds, strict=True))
+    ranges.reverse()  # popped from the end: list order
+    failed = asyncio.Event()
+
+    async def work(connection: asyncpg.Connection) -> None:
+        hint = 0
+        try:
+            while ranges and not failed.is_set():
+                if stopping.is_set():
+                    raise _Stopped
+                low, high = ranges.pop()
+                hint = await _claim_range(connection, run, low, high, batch_size, hint)
+        except BaseException:
+            failed.set()
+            raise
+
+    results = await asyncio.gather(
+        *(work(c) for c in connections[: max(1, len(ranges))]), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    await connections[0].execute(
         """UPDATE deliveries SET status = 'finished', finished_at = now(), updated_at = now()
            WHERE id = $1""",
         run.delivery_id,
     )
+
+
+async def _claim_range(
+    connection: asyncpg.Connection, run: _Run, low: int, high: int, batch_size: int, hint: int
+) -> int:
+    """The targets with ``low < seq <= high``, in one transaction; returns the scan hint."""
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            async with connection.transaction():
+                if run.pool_id is None:
+                    row = await connection.fetchrow(
+                        _SHARE_BATCH,
+                        run.delivery_id, low, high, batch_size, run.set_id,
+                        run.channel, str(run.delivery_id), run.api_key_id, run.shared_code,
+                    )  # fmt: skip
+                    claimed, kept = row["claimed"], row["targets"] - row["claimed"]
+                else:
+                    row = await connection.fetchrow(
+                        _CLAIM_BATCH,
+                        run.delivery_id, low, high, batch_size, run.pool_id,
+                        run.set_id, run.channel, str(run.delivery_id), run.api_key_id,
+                        hint, run.pool_name,
+                    )  # fmt: skip
+                    if row["claimed"] < row["needed"]:
+                        if hint:
+                            raise _RetryFromStart
+                        raise _Shortage(
+                            f"{row['needed'] - row['claimed']} codes were missing when "
+                            "other claims took them during the confirm"
+                        )
+                    claimed, kept = row["claimed"], row["targets"] - row["needed"]
+                    hint = max(hint, row["max_id"] or 0)
+                await connection.execute(
+                    """UPDATE deliveries SET processed = processed + $2,
+                           assigned = assigned + $3, kept = kept + $4, updated_at = now()
+                       WHERE id = $1""",
+                    run.delivery_id,
+                    row["targets"],
+                    claimed,
+                    kept,
+                )
+            return hint
+        except _RetryFromStart:
+            hint = 0
+        except asyncpg.UniqueViolationError:
+            # A target got a code from a single assignment meanwhile: run the batch
+            # again; they now keep theirs.
+            if attempts >= 20:
+                raise
 
 
 class _RetryFromStart(Exception):
