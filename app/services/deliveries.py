@@ -641,8 +641,7 @@ WITH batch AS MATERIALIZED (
     RETURNING c.id, c.code, c.recipient_id
 ), audited AS (
     INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id, details)
-    SELECT $6, 'assign', claimed.code, claimed.recipient_id, $9,
-           jsonb_build_object('pool', $11::text, 'delivery_id', $8::text)
+    SELECT $6, 'assign', claimed.code, claimed.recipient_id, $9, $11::jsonb
     FROM claimed
 )
 SELECT (SELECT max(seq) FROM batch) AS last_seq,
@@ -737,6 +736,11 @@ class _Run:
     channel: str | None
     last_seq: int
     api_key_id: uuid.UUID | None
+
+    @property
+    def audit_details(self) -> str:
+        """The details of each ``assign`` audit row, the same for the whole confirm."""
+        return json.dumps({"pool": self.pool_name, "delivery_id": str(self.delivery_id)})
 
 
 class Confirmations:
@@ -1027,7 +1031,7 @@ async def _claim_range(
                         _CLAIM_BATCH,
                         run.delivery_id, low, high, batch_size, run.pool_id,
                         run.set_id, run.channel, str(run.delivery_id), run.api_key_id,
-                        hint, run.pool_name,
+                        hint, run.audit_details,
                     )  # fmt: skip
                     if row["claimed"] < row["needed"]:
                         if hint:
