@@ -185,6 +185,10 @@ class PayloadTooLarge(AppError):
     slug, title, status = "payload-too-large", "Request body too large", 413
 
 
+class UnsupportedMediaType(AppError):
+    slug, title, status = "unsupported-media-type", "The content type is not supported", 415
+
+
 class ValidationFailed(AppError):
     slug, title, status = "validation-error", "The request is not valid", 422
 

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
     # 10,000 codes of 100 characters, the most one request may add, fit in 2 MiB.
     max_body_bytes: int = Field(default=2_097_152, ge=1024)
+    # Import uploads are streamed, never held whole, so their bound is a policy, not memory.
+    max_upload_bytes: int = Field(default=209_715_200, ge=1024)
     redeem_rate_limit: str = Field(
         default="100/second",
         description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",

@@ -8,6 +8,7 @@ from app.models.base import Base
 from app.models.code import Code
 from app.models.coupon_set import CouponSet
 from app.models.idempotency import IdempotencyRecord
+from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
 from app.models.redemption import Redemption
 
@@ -18,6 +19,8 @@ __all__ = [
     "Code",
     "CouponSet",
     "IdempotencyRecord",
+    "ImportJob",
+    "ImportReportRow",
     "Pool",
     "Redemption",
     "SharedAssignment",

@@ -22,6 +22,8 @@ class AuditAction(enum.StrEnum):
     void = "void"
     add_codes = "add_codes"
     generate_codes = "generate_codes"
+    import_codes = "import_codes"
+    import_redemptions = "import_redemptions"
 
 
 class AuditEvent(Base):
