@@ -105,7 +105,16 @@ class CsvReader:
     them), so the csv reader never runs dry inside a quoted field. With a header the
     cells are named after it, otherwise ``1``, ``2``... (1-based column numbers)."""
 
-    def __init__(self, *, encoding: str, delimiter: str, quotechar: str, header: bool) -> None:
+    def __init__(
+        self,
+        *,
+        encoding: str,
+        delimiter: str,
+        quotechar: str,
+        header: bool,
+        ragged: bool = False,
+    ) -> None:
+        self._ragged = ragged  # rows may have any number of cells, named by position
         self._lines = _Lines(encoding)
         self._quote = quotechar
         self._feed = _Feed()
@@ -150,6 +159,9 @@ class CsvReader:
                 rows.append(Row(start, reason=f"malformed CSV: {exc}"))
                 continue
             if not cells:
+                continue
+            if self._ragged:
+                rows.append(Row(start, {str(n): cell for n, cell in enumerate(cells, 1)}))
                 continue
             if self._want_header and self.columns is None:
                 self.columns = [cell.strip() for cell in cells]

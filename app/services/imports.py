@@ -292,18 +292,31 @@ _REDEMPTION_COLUMNS = ("code", "redeemed_at", "order_id", "amount")
 
 
 class _RedemptionRows:
-    """code, redeemed_at[, order_id, amount]: checked as the API checks a redemption."""
+    """code, redeemed_at[, order_id, amount]: checked as the API checks a redemption. A
+    header (asked for, or guessed from a first cell ``code``) may name them in any order."""
 
-    def __init__(self, coupon_set: CouponSet) -> None:
+    def __init__(self, coupon_set: CouponSet, options: ImportOptions) -> None:
         self.set_id = str(coupon_set.id)
+        self.header = options.header
+        self.names: list[str] | None = None
+        self._first = True
 
-    def record(self, n: int, row: Row) -> tuple[Any, ...]:
+    def record(self, n: int, row: Row) -> tuple[Any, ...] | None:
         if row.reason is not None:
             return (n, row.line, None, None, None, None, row.reason)
         values = list(row.cells.values())
-        names = list(row.cells)
-        if not names[0].isdigit():  # a header named the columns
-            values = [row.cells.get(name, "") for name in _REDEMPTION_COLUMNS]
+        if self._first:
+            self._first = False
+            first = values[0].strip().lower() if values else ""
+            if self.header or (self.header is None and first == "code"):
+                self.names = [value.strip().lower() for value in values]
+                return None
+        if self.names is not None:
+            by_name = dict(zip(self.names, values, strict=False))
+            values = [by_name.get(name, "") for name in _REDEMPTION_COLUMNS]
+        elif len(values) > 4:
+            too_many = "expected at most 4 columns: code, redeemed_at, order_id, amount"
+            return (n, row.line, _shown(values[0]), None, None, None, too_many)
         values += [""] * (4 - len(values))
         code, redeemed_at, order_id, amount = (v.strip() for v in values[:4])
         fields: dict[str, Any] = {"code": code, "set": self.set_id}
@@ -311,31 +324,22 @@ class _RedemptionRows:
             fields["redeemed_at"] = redeemed_at
         if order_id:
             fields["order_id"] = order_id
-        reason = None
+        reason: str | None = None
         if amount:
             try:
                 fields["amount"] = Decimal(amount)
             except InvalidOperation:
                 reason = "amount: not a number"
-        if len(values) > 4 and any(v.strip() for v in values[4:]):
-            reason = "expected at most 4 columns: code, redeemed_at, order_id, amount"
         if reason is None:
             try:
                 request = RedemptionRequest.model_validate(fields)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(part) for part in first["loc"])
-                reason = f"{where}: {first['msg']}"
+                first_error = exc.errors()[0]
+                where = ".".join(str(part) for part in first_error["loc"])
+                reason = f"{where}: {first_error['msg']}"
             else:
-                return (
-                    n,
-                    row.line,
-                    request.code,
-                    None,
-                    None,
-                    request.model_dump_json(exclude={"set"}),
-                    None,
-                )
+                metadata = request.model_dump_json(exclude={"set"})
+                return (n, row.line, request.code, None, None, metadata, None)
         return (n, row.line, _shown(code), None, None, None, reason)
 
 
@@ -344,11 +348,13 @@ def _reader(options: ImportOptions) -> Reader:
         return XmlReader()
     if options.format is ImportFormat.text:
         return TextReader(options.encoding)
+    redemptions = options.kind is ImportKind.redemptions
     return CsvReader(
         encoding=options.encoding,
         delimiter=options.delimiter,
         quotechar=options.quotechar,
-        header=bool(options.header),
+        header=bool(options.header) and not redemptions,
+        ragged=redemptions,
     )
 
 
@@ -442,8 +448,10 @@ class _Job:
 
         def add(parsed: list[Row]) -> None:
             for row in parsed:
-                self.rows_read += 1
-                batch.append(rows.record(self.rows_read, row))
+                record = rows.record(self.rows_read + 1, row)
+                if record is not None:
+                    self.rows_read += 1
+                    batch.append(record)
 
         async for chunk in chunks:
             digest.update(chunk)
@@ -831,7 +839,7 @@ async def start_import(
         rows: _CodeRows | _RedemptionRows = (
             _CodeRows(options, coupon_set, await _pools(conn, coupon_set.id))
             if options.kind is ImportKind.codes
-            else _RedemptionRows(coupon_set)
+            else _RedemptionRows(coupon_set, options)
         )
         await conn.fetchval(_JOB_LOCK, job_id)
         await conn.execute(
