@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-bulk clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ migrate: $(STAMP)  ## apply the migrations to DATABASE_URL (or the embedded serv
 
 bench-assign: $(STAMP)  ## B1/B2: assignment vs pgbench and a naive endpoint (needs wrk)
 	$(BIN)/python -m bench.assign
+
+bench-bulk: $(STAMP)  ## B4/B5: CSV upload and export vs psql \copy
+	$(BIN)/python -m bench.bulk
 
 clean:  ## remove the environment (keeps .data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

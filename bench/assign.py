@@ -56,6 +56,7 @@ from bench.harness import (
     source_version,
     tail,
     wait_http,
+    write_section,
 )
 
 BENCH = ROOT / "bench"
@@ -677,13 +678,7 @@ def render(res: Results) -> str:
 
 def write_docs(section: str, path: Path = DOCS) -> None:
     """Replace this benchmark's section, keeping the intro and the other sections."""
-    text = path.read_text() if path.exists() else INTRO
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+    write_section(path, SECTION, section, intro=INTRO)
 
 
 def print_errors(res: Results, workdir: Path) -> None:

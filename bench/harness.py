@@ -325,3 +325,18 @@ def machine(server: Server) -> dict[str, str]:
         # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer": name and version
         "wrk": " ".join((wrk.stdout or wrk.stderr).split()[:2]),
     }
+
+
+# ------------------------------------------------------------------------------- docs
+
+
+def write_section(path: Path, title: str, section: str, *, intro: str = "# Benchmarks\n") -> None:
+    """Replace the section headed ``title`` in ``path`` (or append it), keeping the intro
+    and the other sections."""
+    text = path.read_text() if path.exists() else intro
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
