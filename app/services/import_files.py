@@ -7,8 +7,7 @@ must refuse (an unbalanced quote, a wrong column count) comes with a reason inst
 
 import codecs
 import csv
-from collections import deque
-from dataclasses import dataclass, field
+import io
 from typing import Any
 
 from defusedxml import DefusedXmlException
@@ -21,11 +20,21 @@ from app.errors import ValidationFailed
 MAX_RECORD_CHARS = 65_536
 
 
-@dataclass
 class Row:
-    line: int
-    cells: dict[str, str] = field(default_factory=dict)
-    reason: str | None = None
+    """A row of the file: its cells (named by ``names``, or by the reader's ``columns``
+    when ``names`` is None), or the reason the reader refused it."""
+
+    __slots__ = ("line", "names", "reason", "values")
+
+    def __init__(
+        self,
+        line: int,
+        values: list[str] | None = None,
+        *,
+        names: list[str] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.line, self.values, self.names, self.reason = line, values or [], names, reason
 
 
 class FileRefused(Exception):
@@ -61,6 +70,8 @@ class _Lines:
 class TextReader:
     """One code per line; blank lines are skipped."""
 
+    columns = ["code"]  # noqa: RUF012 (read only)
+
     def __init__(self, encoding: str) -> None:
         self._lines = _Lines(encoding)
         self._line = 0
@@ -69,8 +80,8 @@ class TextReader:
         rows = []
         for text in lines:
             self._line += 1
-            if text.strip():
-                rows.append(Row(self._line, {"code": text.strip()}))
+            if code := text.strip():
+                rows.append(Row(self._line, [code]))
         return rows
 
     def feed(self, chunk: bytes) -> list[Row]:
@@ -80,30 +91,14 @@ class TextReader:
         return self._rows(self._lines.feed(b"", final=True))
 
 
-class _Feed:
-    """The csv reader's input: lines of complete records. Unlike a generator it can run
-    dry and be refilled."""
-
-    def __init__(self) -> None:
-        self.lines: deque[str] = deque()
-        self.consumed = 0
-
-    def __iter__(self) -> "_Feed":
-        return self
-
-    def __next__(self) -> str:
-        if not self.lines:
-            raise StopIteration
-        self.consumed += 1
-        return self.lines.popleft()
-
-
 class CsvReader:
-    """CSV through Python's ``csv`` module, one complete record at a time.
+    """CSV through Python's ``csv`` module, a batch of complete records at a time.
 
-    A record is complete when its quote characters balance (an escaped quote is two of
-    them), so the csv reader never runs dry inside a quoted field. With a header the
-    cells are named after it, otherwise ``1``, ``2``... (1-based column numbers)."""
+    The decoded text is cut after the last line break that is outside quotes (where the
+    count of quote characters so far is even: an escaped quote is two of them), so the
+    csv reader never runs dry inside a quoted field; the rest waits for more text. A
+    record still open after ``MAX_RECORD_CHARS`` is taken for an unbalanced quote: its
+    first line is refused and reading resumes on the next line."""
 
     def __init__(
         self,
@@ -114,72 +109,82 @@ class CsvReader:
         header: bool,
         ragged: bool = False,
     ) -> None:
-        self._ragged = ragged  # rows may have any number of cells, named by position
-        self._lines = _Lines(encoding)
+        self._decoder = _decoder(encoding)
         self._quote = quotechar
-        self._feed = _Feed()
-        self._queued = 0  # lines handed to the feed so far
-        self._pending: list[str] = []
-        self._reader = csv.reader(self._feed, delimiter=delimiter, quotechar=quotechar, strict=True)
+        self._format = {"delimiter": delimiter, "quotechar": quotechar, "strict": True}
+        self._text = ""  # text after the last complete record
+        self._line = 0  # lines handed to the csv reader so far
         self._want_header = header
+        self._ragged = ragged  # rows may have any number of cells (redemption files)
         self.columns: list[str] | None = None
 
-    def _queue(self, lines: list[str]) -> None:
-        self._feed.lines.extend(lines)
-        self._queued += len(lines)
+    def _boundary(self, text: str) -> int:
+        """Length of the longest prefix of ``text`` made of complete records."""
+        end = text.rfind("\n")
+        if end < 0:
+            return 0
+        odd = text.count(self._quote, 0, end) % 2
+        while odd:
+            before = text.rfind("\n", 0, end)
+            if before < 0:
+                return 0
+            odd ^= text.count(self._quote, before, end) % 2
+            end = before
+        return end + 1
 
-    def _records(self, lines: list[str], *, final: bool) -> list[Row]:
-        refused: list[Row] = []
-        todo = deque(lines)
-        while todo:
-            self._pending.append(todo.popleft())
-            if sum(part.count(self._quote) for part in self._pending) % 2 == 0:
-                self._queue(self._pending)
-                self._pending = []
-            elif sum(map(len, self._pending)) > MAX_RECORD_CHARS:
-                refused.append(Row(self._queued + 1, reason="unbalanced quote"))
-                self._queue(["\n"])  # keeps the line count; a blank record is skipped
-                todo.extendleft(reversed(self._pending[1:]))
-                self._pending = []
-        if final and self._pending:
-            # The file ends inside a quoted field: the csv reader says so.
-            self._queue(self._pending)
-            self._pending = []
-        return refused + self._parse()
-
-    def _parse(self) -> list[Row]:
+    def _records(self, text: str, *, final: bool) -> list[Row]:
         rows: list[Row] = []
-        while self._feed.lines:
-            start = self._feed.consumed + 1
+        text = self._text + text
+        while True:
+            cut = len(text) if final else self._boundary(text)
+            if cut or final or len(text) <= MAX_RECORD_CHARS:
+                break
+            first = text.find("\n") + 1
+            self._line += 1
+            rows.append(Row(self._line, reason="unbalanced quote"))
+            text = text[first:]
+        self._text = text[cut:]
+        if cut:
+            rows += self._parse(text[:cut])
+        return rows
+
+    def _parse(self, text: str) -> list[Row]:
+        rows: list[Row] = []
+        reader = csv.reader(io.StringIO(text, newline=""), **self._format)  # type: ignore[arg-type]
+        base, done = self._line, 0
+        while True:
             try:
-                cells = next(self._reader)
+                cells = next(reader)
             except StopIteration:
                 break
             except csv.Error as exc:
-                rows.append(Row(start, reason=f"malformed CSV: {exc}"))
+                rows.append(Row(base + done + 1, reason=f"malformed CSV: {exc}"))
+                done = reader.line_num
                 continue
+            start, done = base + done + 1, reader.line_num
             if not cells:
                 continue
             if self._ragged:
-                rows.append(Row(start, {str(n): cell for n, cell in enumerate(cells, 1)}))
-                continue
-            if self._want_header and self.columns is None:
-                self.columns = [cell.strip() for cell in cells]
+                rows.append(Row(start, cells))
                 continue
             if self.columns is None:
+                if self._want_header:
+                    self.columns = [cell.strip() for cell in cells]
+                    continue
                 self.columns = [str(n) for n in range(1, len(cells) + 1)]
             if len(cells) != len(self.columns):
                 reason = f"expected {len(self.columns)} columns, found {len(cells)}"
                 rows.append(Row(start, reason=reason))
                 continue
-            rows.append(Row(start, dict(zip(self.columns, cells, strict=True))))
+            rows.append(Row(start, cells))
+        self._line = base + text.count("\n") + (0 if text.endswith("\n") else 1)
         return rows
 
     def feed(self, chunk: bytes) -> list[Row]:
-        return self._records(self._lines.feed(chunk), final=False)
+        return self._records(self._decoder.decode(chunk), final=False)
 
     def close(self) -> list[Row]:
-        return self._records(self._lines.feed(b"", final=True), final=True)
+        return self._records(self._decoder.decode(b"", final=True), final=True)
 
 
 class _XmlTarget:
@@ -204,7 +209,7 @@ class _XmlTarget:
             if tag != "code":
                 raise FileRefused(f"<codes> holds <code> elements, not <{tag}>")
             line = int(self.parser.parser.CurrentLineNumber)
-            self._row = Row(line, {f"@{k}": v for k, v in attrib.items()})
+            self._row = Row(line, list(attrib.values()), names=[f"@{k}" for k in attrib])
             self._text = []
         elif self._depth == 3:
             self._child, self._text_child = tag, []
@@ -219,9 +224,13 @@ class _XmlTarget:
 
     def end(self, tag: str) -> None:
         if self._depth == 3 and self._row is not None and self._child is not None:
-            self._row.cells[self._child] = "".join(self._text_child).strip()
+            assert self._row.names is not None
+            self._row.names.append(self._child)
+            self._row.values.append("".join(self._text_child).strip())
         elif self._depth == 2 and self._row is not None:
-            self._row.cells["code"] = "".join(self._text).strip()
+            assert self._row.names is not None
+            self._row.names.append("code")
+            self._row.values.append("".join(self._text).strip())
             self.rows.append(self._row)
             self._row = None
         self._depth -= 1
@@ -234,6 +243,8 @@ class XmlReader:
     """``<codes><code pool="p" any="metadata">VALUE<extra>metadata</extra></code>...</codes>``
     through defusedxml: a DTD (and so any entity declaration or external reference) is
     refused at the first byte of it, before anything is expanded or fetched."""
+
+    columns = None  # each row names its cells
 
     def __init__(self) -> None:
         self._target = _XmlTarget()

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -76,7 +77,6 @@ from app.services.import_files import (
 logger = logging.getLogger(__name__)
 
 SYNC_ROWS = 50_000  # more rows than this: answered 202, merged in the background
-_COPY_BATCH = 10_000
 _PROGRESS_EVERY = 100_000
 _STAGING = "import_staging"
 _STAGING_COLUMNS = ("n", "line", "code", "lookup", "pool_id", "metadata", "reason")
@@ -226,53 +226,64 @@ class _CodeRows:
             raise NotFound(f"The set '{coupon_set.key}' has no pool '{options.pool}'.")
         self.default_pool = default
         self._columns: list[str] | None = None
-        self._code_key = "code"
-        self._pool_key: str | None = None
+        self._code_at = 0
+        self._pool_at: int | None = None
+        self._meta_at: list[int] = []
 
-    def _column(self, columns: list[str], ref: str, field: str) -> str:
+    def _column(self, columns: list[str], ref: str, field: str) -> int:
         if ref.isdigit() and 1 <= int(ref) <= len(columns):
-            return columns[int(ref) - 1]
+            return int(ref) - 1
         for candidate in (ref, ref.lower()):
-            for column in columns:
+            for at, column in enumerate(columns):
                 if column == candidate or column.lower() == candidate:
-                    return column
+                    return at
         raise _invalid(field, f"the file has no column '{ref}' (columns: {', '.join(columns)})")
 
     def map_columns(self, columns: list[str]) -> None:
         """Chooses the code and pool columns once the first row (or header) is known."""
         self._columns = columns
-        if self.options.code_column:
-            self._code_key = self._column(columns, self.options.code_column, "code_column")
-        elif "code" in columns:
-            self._code_key = "code"
+        if self.options.code_column and self.options.format is ImportFormat.csv:
+            self._code_at = self._column(columns, self.options.code_column, "code_column")
         else:
-            self._code_key = columns[0]
-        if self.options.pool_column:
-            self._pool_key = self._column(columns, self.options.pool_column, "pool_column")
-            if self._pool_key == self._code_key:
+            self._code_at = columns.index("code") if "code" in columns else 0
+        if self.options.pool_column and self.options.format is ImportFormat.csv:
+            self._pool_at = self._column(columns, self.options.pool_column, "pool_column")
+            if self._pool_at == self._code_at:
                 raise _invalid("pool_column", "is the code column")
+        self._meta_at = [
+            at for at in range(len(columns)) if at not in (self._code_at, self._pool_at)
+        ]
 
-    def record(self, n: int, row: Row) -> tuple[Any, ...]:
+    def record(self, n: int, row: Row, columns: list[str] | None) -> tuple[Any, ...] | None:
         if row.reason is not None:
             return (n, row.line, None, None, None, None, row.reason)
-        cells = row.cells
-        if self._columns is None and self.options.format is ImportFormat.csv:
-            self.map_columns(list(cells))
-        raw = cells.get(self._code_key, "")
+        values = row.values
+        metadata: dict[str, str] | None
+        if row.names is None and columns is not None:  # CSV, text: cells by position
+            if self._columns is None:
+                self.map_columns(columns)
+            raw = values[self._code_at]
+            pool_ref = values[self._pool_at].strip() if self._pool_at is not None else ""
+            metadata = (
+                {columns[at]: values[at] for at in self._meta_at if values[at] != ""}
+                if self._meta_at
+                else None
+            )
+        else:  # XML: each row names its cells
+            cells = dict(zip(row.names or [], values, strict=True))
+            raw = cells.pop("code", "")
+            pool_ref = cells.pop("@pool", "").strip()
+            metadata = {key.lstrip("@"): value for key, value in cells.items() if value != ""}
         code = raw.strip()
-        pool_ref = cells.get(self._pool_key or "@pool", "").strip()
         pool_id = self.pools.get(pool_ref.lower()) if pool_ref else self.default_pool
-        metadata = {
-            key.lstrip("@"): value
-            for key, value in cells.items()
-            if key not in (self._code_key, self._pool_key, "@pool") and value != ""
-        }
         lookup = normalise(code, exact=self.exact)
         reason = _reason(code, lookup)
         if reason is None and pool_id is None:
             reason = f"unknown pool '{_shown(pool_ref)}'"
-        if reason is None and any(
-            UNSTORABLE.search(k) or UNSTORABLE.search(v) for k, v in metadata.items()
+        if (
+            reason is None
+            and metadata
+            and any(UNSTORABLE.search(k) or UNSTORABLE.search(v) for k, v in metadata.items())
         ):
             reason = "a metadata column holds control characters or undecodable bytes"
         if reason is not None:
@@ -301,10 +312,10 @@ class _RedemptionRows:
         self.names: list[str] | None = None
         self._first = True
 
-    def record(self, n: int, row: Row) -> tuple[Any, ...] | None:
+    def record(self, n: int, row: Row, columns: list[str] | None) -> tuple[Any, ...] | None:
         if row.reason is not None:
             return (n, row.line, None, None, None, None, row.reason)
-        values = list(row.cells.values())
+        values = list(row.values)
         if self._first:
             self._first = False
             first = values[0].strip().lower() if values else ""
@@ -425,42 +436,48 @@ class _Job:
     async def stage(
         self, chunks: AsyncIterator[bytes], rows: "_CodeRows | _RedemptionRows"
     ) -> None:
-        """Streams the file into the staging table and computes its checksum."""
+        """Streams the file into the staging table and computes its checksum: ONE COPY
+        fed as the upload is parsed, so PostgreSQL stores rows while Python parses the
+        next ones."""
         reader = _reader(self.options)
         digest = hashlib.sha256()
-        batch: list[tuple[Any, ...]] = []
-        reported = 0
 
-        async def flush() -> None:
-            nonlocal reported
-            if batch:
-                await self.conn.copy_records_to_table(
-                    _STAGING, records=batch, columns=_STAGING_COLUMNS
-                )
-                batch.clear()
-            if self.rows_read - reported >= _PROGRESS_EVERY:
-                reported = self.rows_read
-                await self.conn.execute(
+        def records(parsed: list[Row]) -> list[tuple[Any, ...]]:
+            out = []
+            for row in parsed:
+                record = rows.record(self.rows_read + 1, row, reader.columns)
+                if record is not None:
+                    self.rows_read += 1
+                    out.append(record)
+            return out
+
+        async def stream() -> AsyncIterator[tuple[Any, ...]]:
+            reported = 0
+            async for chunk in chunks:
+                digest.update(chunk)
+                for record in records(reader.feed(chunk)):
+                    yield record
+                if self.rows_read - reported >= _PROGRESS_EVERY:
+                    reported = self.rows_read
+                    await self._progress()
+            for record in records(reader.close()):
+                yield record
+
+        await self.conn.copy_records_to_table(_STAGING, records=stream(), columns=_STAGING_COLUMNS)
+        self.checksum = digest.hexdigest()
+
+    async def _progress(self) -> None:
+        """``rows_read`` so far, through another connection (this one is in the COPY);
+        skipped when none is free at once, so imports never wait on each other."""
+        try:
+            async with self.pool.acquire(timeout=0.5) as other:
+                await other.execute(
                     "UPDATE import_jobs SET rows_read = $2, updated_at = now() WHERE id = $1",
                     self.id,
                     self.rows_read,
                 )
-
-        def add(parsed: list[Row]) -> None:
-            for row in parsed:
-                record = rows.record(self.rows_read + 1, row)
-                if record is not None:
-                    self.rows_read += 1
-                    batch.append(record)
-
-        async for chunk in chunks:
-            digest.update(chunk)
-            add(reader.feed(chunk))
-            if len(batch) >= _COPY_BATCH:
-                await flush()
-        add(reader.close())
-        await flush()
-        self.checksum = digest.hexdigest()
+        except TimeoutError:
+            logger.debug("no connection free for the progress of import %s", self.id)
 
     async def claim_checksum(self) -> ImportJob | None:
         """The job that already imported this content, if any (then this one is dropped);
@@ -548,14 +565,15 @@ FROM codes c
 WHERE c.set_id = $1 AND c.lookup = s.lookup AND s.reason IS NULL AND s.dup_line IS NULL
 """
 
-# One set-based insert in file order; the unique index (set_id, lookup) skips whatever a
-# concurrent writer added meanwhile, so the count of inserted rows is exact.
+# One set-based insert. Repeats are marked already (the first occurrence wins), so no
+# sort is needed: the staging table is read in the order it was written. The unique
+# index (set_id, lookup) skips whatever a concurrent writer added meanwhile, so the count
+# of inserted rows is exact.
 _INSERT = """
 WITH inserted AS (
     INSERT INTO codes (set_id, pool_id, code, lookup, metadata)
     SELECT $1, pool_id, code, lookup, metadata FROM import_staging
     WHERE reason IS NULL AND dup_line IS NULL AND NOT in_set
-    ORDER BY n
     ON CONFLICT (set_id, lookup) DO NOTHING
     RETURNING 1
 )
@@ -642,6 +660,8 @@ async def _finish(
 async def _merge_codes(job: _Job) -> None:
     conn = job.conn
     async with conn.transaction():
+        # Memory of this backend for the hash of 1M lookups, instead of spilling to disk.
+        await conn.execute("SET LOCAL work_mem = '128MB'")
         await conn.execute(_MARK_REPEATS)
         set_id = job.coupon_set.id
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM codes WHERE set_id = $1)", set_id):
@@ -741,11 +761,13 @@ async def _redemption_report(
 
 
 async def _run_merge(job: _Job, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    began = time.monotonic()
     try:
         if job.options.kind is ImportKind.codes:
             await _merge_codes(job)
         else:
             await _merge_redemptions(job, sessionmaker)
+        logger.info("import %s: merged in %.1f s", job.id, time.monotonic() - began)
     except Exception as exc:
         logger.exception("import job %s failed", job.id)
         if not job.conn.is_closed():
@@ -863,7 +885,10 @@ async def start_import(
             "in_set boolean NOT NULL DEFAULT false)"
         )
         try:
+            began = time.monotonic()
             await job.stage(chunks, rows)
+            staged = time.monotonic() - began
+            logger.info("import %s: %d rows staged in %.1f s", job_id, job.rows_read, staged)
             late = late_fields()
             if late:
                 raise _invalid(late[0], "form fields must come before the file part")
