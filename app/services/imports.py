@@ -394,14 +394,21 @@ async def _mark_interrupted(conn: asyncpg.Connection, job_id: uuid.UUID) -> None
 
 
 async def recover_interrupted(pool: asyncpg.Pool) -> int:
-    """Marks failed every running job no process runs any more (its owner crashed)."""
+    """Marks failed every running job no process runs any more (its owner crashed). At
+    start-up the database may be away: then this waits for the next start (and a re-sent
+    file finds such a job anyway)."""
     found = 0
-    async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT id FROM import_jobs WHERE status IN ('queued', 'running')")
-        for row in rows:
-            if not await _alive(conn, row["id"]):
-                await _mark_interrupted(conn, row["id"])
-                found += 1
+    try:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM import_jobs WHERE status IN ('queued', 'running')"
+            )
+            for row in rows:
+                if not await _alive(conn, row["id"]):
+                    await _mark_interrupted(conn, row["id"])
+                    found += 1
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        logger.warning("could not look for interrupted imports: %s", exc)
     if found:
         logger.warning("marked %d interrupted import job(s) failed", found)
     return found
