@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -207,6 +208,10 @@ def parse_options(
 # --------------------------------------------------------------------------- rows
 
 
+# What jsonb cannot hold (line breaks and tabs in metadata are fine).
+_NOT_JSONB = re.compile("[\x00\ud800-\udfff]")
+
+
 def _shown(text: str | None) -> str | None:
     """A cell as the report may echo it: bounded, and encodable as JSON and text."""
     return None if text is None else UNSTORABLE.sub("\ufffd", text[:100])
@@ -283,9 +288,9 @@ class _CodeRows:
         if (
             reason is None
             and metadata
-            and any(UNSTORABLE.search(k) or UNSTORABLE.search(v) for k, v in metadata.items())
+            and any(_NOT_JSONB.search(k) or _NOT_JSONB.search(v) for k, v in metadata.items())
         ):
-            reason = "a metadata column holds control characters or undecodable bytes"
+            reason = "a metadata column holds NUL characters or undecodable bytes"
         if reason is not None:
             return (n, row.line, _shown(raw), None, None, None, reason)
         return (

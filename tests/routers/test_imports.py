@@ -160,6 +160,19 @@ async def test_an_unknown_column_is_a_validation_problem(client: httpx.AsyncClie
     assert history[0]["status"] == "failed"
 
 
+async def test_quoted_line_breaks_and_undecodable_bytes(client: httpx.AsyncClient) -> None:
+    s = await create_set(client)
+    content = b'code,note\r\n"A1","two\r\nlines"\r\nB\xff2,x\r\nC3,"bad \xfe"\r\nD4,y\r\n'
+    job = (await upload(client, s["id"], content)).json()
+    assert job["accepted"] == 2, job
+    assert reasons(job) == {
+        4: "contains control characters or unpaired surrogates",
+        5: "a metadata column holds NUL characters or undecodable bytes",
+    }
+    got = {c["code"]: c["metadata"] for c in await codes_of(client, s["id"])}
+    assert got["A1"] == {"note": "two\r\nlines"}
+
+
 async def test_other_encodings(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
     content = "code\nCAFÉ-1\n".encode("latin-1")
