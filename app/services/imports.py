@@ -30,12 +30,13 @@ import io
 import json
 import logging
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -79,6 +80,8 @@ logger = logging.getLogger(__name__)
 
 SYNC_ROWS = 50_000  # more rows than this: answered 202, merged in the background
 _PROGRESS_EVERY = 100_000
+_DIRECT_MAX_REJECTS = 10_000  # more rejected rows than this: the staged path
+_CODE_COLUMNS = ("set_id", "pool_id", "code", "lookup", "metadata")
 _STAGING = "import_staging"
 _STAGING_COLUMNS = ("n", "line", "code", "lookup", "pool_id", "metadata", "reason")
 INTERRUPTED = "interrupted: the service stopped during the import; nothing of it was kept"
@@ -419,6 +422,10 @@ async def recover_interrupted(pool: asyncpg.Pool) -> int:
     return found
 
 
+class _Staged(Exception):
+    """The fast path gives way to the staged one."""
+
+
 @dataclass
 class StartedImport:
     job: ImportJob
@@ -491,40 +498,171 @@ class _Job:
         except TimeoutError:
             logger.debug("no connection free for the progress of import %s", self.id)
 
+    async def _imported_before(self) -> ImportJob | None:
+        """Inside a transaction: the job that imported this content into the set already
+        (a job whose process died is marked failed and passed over). The advisory lock on
+        (set, kind, checksum) is held until the transaction ends, so two uploads of the
+        same file cannot both import it."""
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            f"import/{self.coupon_set.id}/{self.options.kind}/{self.checksum}",
+        )
+        if self.options.force:
+            return None
+        rows = await self.conn.fetch(
+            "SELECT id, status FROM import_jobs WHERE set_id = $1 AND kind = $2 "
+            "AND checksum = $3 AND id <> $4 AND status <> 'failed' ORDER BY created_at",
+            self.coupon_set.id,
+            self.options.kind.value,
+            self.checksum,
+            self.id,
+        )
+        for row in rows:
+            if row["status"] != ImportStatus.succeeded and not await _alive(self.conn, row["id"]):
+                await _mark_interrupted(self.conn, row["id"])
+                continue
+            return await _load(self.conn, row["id"])
+        return None
+
+    async def _record_checksum(self) -> None:
+        await self.conn.execute(
+            "UPDATE import_jobs SET checksum = $2, rows_read = $3, updated_at = now() "
+            "WHERE id = $1",
+            self.id,
+            self.checksum,
+            self.rows_read,
+        )
+
     async def claim_checksum(self) -> ImportJob | None:
         """The job that already imported this content, if any (then this one is dropped);
         otherwise the checksum is recorded on this job so re-sends find it."""
         async with self.conn.transaction():
-            await self.conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                f"import/{self.coupon_set.id}/{self.options.kind}/{self.checksum}",
-            )
-            if not self.options.force:
-                rows = await self.conn.fetch(
-                    "SELECT id, status FROM import_jobs WHERE set_id = $1 AND kind = $2 "
-                    "AND checksum = $3 AND id <> $4 AND status <> 'failed' "
-                    "ORDER BY created_at",
-                    self.coupon_set.id,
-                    self.options.kind.value,
-                    self.checksum,
-                    self.id,
-                )
-                for row in rows:
-                    if row["status"] != ImportStatus.succeeded and not await _alive(
-                        self.conn, row["id"]
-                    ):
-                        await _mark_interrupted(self.conn, row["id"])
-                        continue
-                    await self.conn.execute("DELETE FROM import_jobs WHERE id = $1", self.id)
-                    return await _load(self.conn, row["id"])
-            await self.conn.execute(
-                "UPDATE import_jobs SET checksum = $2, rows_read = $3, updated_at = now() "
-                "WHERE id = $1",
-                self.id,
-                self.checksum,
-                self.rows_read,
-            )
+            existing = await self._imported_before()
+            if existing is not None:
+                await self.conn.execute("DELETE FROM import_jobs WHERE id = $1", self.id)
+                return existing
+            await self._record_checksum()
         return None
+
+    async def copy_direct(
+        self,
+        chunks: AsyncIterator[bytes],
+        rows: "_CodeRows",
+        spool: IO[bytes],
+        late_fields: Callable[[], list[str]],
+    ) -> StartedImport | None:
+        """The fast path: rows go by one streaming COPY straight into ``codes``, in one
+        transaction with the report, the counts and the audit row. Any repeat (in the
+        file, in the set, or added meanwhile by another writer) makes the unique index
+        fail the COPY; then everything is rolled back, the rest of the upload is saved in
+        ``spool`` like its beginning, and None says: take the staged path from the spool.
+        So does a file with many rejected rows (their report would not fit in memory)."""
+        reader = _reader(self.options)
+        digest = hashlib.sha256()
+        rejects: list[tuple[int, str | None, str]] = []
+        set_id = self.coupon_set.id
+
+        def records(parsed: list[Row]) -> list[tuple[Any, ...]]:
+            out = []
+            for row in parsed:
+                record = rows.record(self.rows_read + 1, row, reader.columns)
+                if record is None:
+                    continue
+                self.rows_read += 1
+                if record[6] is None:
+                    out.append((set_id, record[4], record[2], record[3], record[5]))
+                    continue
+                rejects.append((record[1], record[2], record[6]))
+                if len(rejects) > _DIRECT_MAX_REJECTS:
+                    raise _Staged
+            return out
+
+        async def stream() -> AsyncIterator[tuple[Any, ...]]:
+            reported = 0
+            async for chunk in chunks:
+                spool.write(chunk)
+                digest.update(chunk)
+                for record in records(reader.feed(chunk)):
+                    yield record
+                if self.rows_read - reported >= _PROGRESS_EVERY:
+                    reported = self.rows_read
+                    await self._progress()
+            for record in records(reader.close()):
+                yield record
+
+        transaction = self.conn.transaction()
+        await transaction.start()
+        try:
+            try:
+                await self.conn.copy_records_to_table(
+                    "codes", records=stream(), columns=_CODE_COLUMNS
+                )
+            except (asyncpg.UniqueViolationError, _Staged):
+                await transaction.rollback()
+                async for chunk in chunks:
+                    spool.write(chunk)
+                spool.seek(0)
+                self.rows_read = 0
+                return None
+            late = late_fields()
+            if late:
+                raise _invalid(late[0], "form fields must come before the file part")
+            self.checksum = digest.hexdigest()
+            try:
+                finished = await self._finish_direct(transaction, rejects)
+            except Exception as exc:
+                # The same answer as a failed merge on the staged path: a failed job.
+                logger.exception("import job %s failed", self.id)
+                if self.conn.is_in_transaction():
+                    await transaction.rollback()
+                await self.fail(
+                    f"the import failed and nothing of it was kept ({type(exc).__name__})"
+                )
+                return StartedImport(job=await _load(self.conn, self.id), status_code=201)
+            if finished is not None:
+                return finished
+        except BaseException:
+            if not self.conn.is_closed() and self.conn.is_in_transaction():
+                await transaction.rollback()
+            raise
+        return StartedImport(job=await _load(self.conn, self.id), status_code=201)
+
+    async def _finish_direct(
+        self, transaction: Any, rejects: list[tuple[int, str | None, str]]
+    ) -> StartedImport | None:
+        """After the fast path's COPY: the re-send check, the report, counts and audit
+        row, and the commit. An earlier job of the same content is returned instead."""
+        existing = await self._imported_before()
+        if existing is not None:
+            await transaction.rollback()
+            await self.conn.execute("DELETE FROM import_jobs WHERE id = $1", self.id)
+            return StartedImport(job=existing, status_code=200)
+        if self.options.mode is ImportMode.all_or_nothing and rejects:
+            # Nothing of the file is kept; the job and its report are.
+            await transaction.rollback()
+            async with self.conn.transaction():
+                await self._write_direct(rejects, accepted=0)
+            return None
+        await self._write_direct(rejects, accepted=self.rows_read - len(rejects))
+        await transaction.commit()
+        return None
+
+    async def _write_direct(
+        self, rejects: list[tuple[int, str | None, str]], *, accepted: int
+    ) -> None:
+        await self._record_checksum()
+        await self.conn.executemany(
+            "INSERT INTO import_errors (job_id, line, code, reason) VALUES ($1, $2, $3, $4)",
+            [(self.id, line, code, reason) for line, code, reason in rejects],
+        )
+        await _finish(
+            self.conn,
+            self,
+            accepted=accepted,
+            duplicates=0,
+            rejected=len(rejects),
+            action=AuditAction.import_codes,
+        )
 
     async def fail(self, error: str) -> None:
         await self.conn.execute(
@@ -866,6 +1004,8 @@ async def start_import(
         if replayed is not None:
             return replayed
     conn: asyncpg.Connection = await pool.acquire()
+    # The upload as received, on disk, in case the fast path gives way to the staged one.
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     job_id = uuid.uuid4()
     job = _Job(conn, pool, job_id, coupon_set, options, actor, idempotency_key)
     handed_over = False
@@ -898,6 +1038,17 @@ async def start_import(
         )
         try:
             began = time.monotonic()
+            if isinstance(rows, _CodeRows):
+                direct = await job.copy_direct(chunks, rows, spool, late_fields)
+                if direct is not None:
+                    logger.info(
+                        "import %s: %d rows copied in %.1f s",
+                        job_id,
+                        job.rows_read,
+                        time.monotonic() - began,
+                    )
+                    return direct
+                chunks = _replay_spool(spool)
             await job.stage(chunks, rows)
             staged = time.monotonic() - began
             logger.info("import %s: %d rows staged in %.1f s", job_id, job.rows_read, staged)
@@ -928,8 +1079,14 @@ async def start_import(
         async with pool.acquire() as reader:
             return StartedImport(job=await _load(reader, job_id), status_code=201)
     finally:
+        spool.close()
         if not handed_over:
             await job.close()
+
+
+async def _replay_spool(spool: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := spool.read(1 << 20):
+        yield chunk
 
 
 # --------------------------------------------------------------------------- reads

@@ -366,8 +366,10 @@ async def test_malformed_xml_fails_the_job(client: httpx.AsyncClient) -> None:
     assert job["error"].startswith("malformed XML")
 
 
+# Without a repeat the rows go straight into codes; a repeat takes the staged path.
+@pytest.mark.parametrize("content", [b"code\nA1\nB2\n", b"code\nA1\nB2\nA1\n"])
 async def test_a_merge_that_fails_leaves_nothing_in_codes(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, content: bytes
 ) -> None:
     s = await create_set(client)
 
@@ -375,13 +377,13 @@ async def test_a_merge_that_fails_leaves_nothing_in_codes(
         raise RuntimeError("power cut")
 
     monkeypatch.setattr(imports, "before_commit", crash)
-    job = (await upload(client, s["id"], b"code\nA1\nB2\n")).json()
+    job = (await upload(client, s["id"], content)).json()
     assert job["status"] == "failed"
     assert "nothing of it was kept" in job["error"]
     assert await codes_of(client, s["id"]) == []
     monkeypatch.setattr(imports, "before_commit", None)
     # The failed job does not block a retry of the same file.
-    retry = await upload(client, s["id"], b"code\nA1\nB2\n")
+    retry = await upload(client, s["id"], content)
     assert retry.status_code == 201
     assert retry.json()["accepted"] == 2
 
@@ -409,7 +411,8 @@ async def test_large_files_run_in_the_background(
 ) -> None:
     monkeypatch.setattr(imports, "SYNC_ROWS", 10)
     s = await create_set(client)
-    content = b"code\n" + b"".join(f"C-{i}\n".encode() for i in range(50))
+    # A repeat sends the file down the staged path, whose merge runs after the answer.
+    content = b"code\n" + b"".join(f"C-{i}\n".encode() for i in range(50)) + b"C-0\n"
     response = await upload(client, s["id"], content)
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "running"
