@@ -4,24 +4,28 @@ The path of a file, and why it is safe:
 
 1. The job row is inserted and committed at once (status ``running``), so the history
    shows it and its progress (``rows_read``) while the upload streams.
-2. The upload is parsed as it arrives and every row goes by ``COPY`` into a temporary
-   staging table of the one connection that runs the job; nothing of the file is held
-   whole in memory and nothing reaches ``codes`` yet.
-3. Once the file is read its SHA-256 is known. Under an advisory lock on (set, kind,
-   checksum), a job that already imported the same content answers instead (the new job
-   row is removed), unless ``force`` is set.
-4. The merge is ONE transaction: in-file duplicates are marked (the first occurrence
-   wins), then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``codes`` (the
-   unique index on (set_id, lookup) settles races with concurrent writers), the per-row
-   report, the job's final counts and its audit row. A crash before the commit leaves
-   nothing in ``codes``; the job stays ``running`` without its owner.
-5. The connection running a job holds a session advisory lock on the job's id. A
-   ``running`` job whose lock is free has lost its process: it is marked ``failed``
-   (at start-up and whenever a re-sent file meets it), and a retry of the same file
-   then proceeds.
+2. Fast path (files of codes): the upload is parsed as it arrives and the valid rows go
+   by ONE streaming ``COPY`` straight into ``codes``, in a transaction that then writes
+   the report, the counts and the audit row and commits. A repeat (in the file, in the
+   set, or from a concurrent writer) makes the unique index on (set_id, lookup) fail the
+   COPY: everything is rolled back and the staged path takes over, reading the upload
+   again from the copy saved on disk as it streamed.
+3. Staged path: every row goes by ``COPY`` into a temporary staging table of the job's
+   own connection, then the merge is ONE transaction: repeats are marked (the first
+   occurrence wins), one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``codes``
+   (the unique index settles races with concurrent writers), the report, the job's
+   counts and its audit row.
+4. Once the file is read its SHA-256 is known. Under an advisory lock on (set, kind,
+   checksum), held to the commit, a job that already imported the same content answers
+   instead (the new job row is removed), unless ``force`` is set.
+5. A crash before the commit leaves nothing in ``codes``; the job stays ``running``
+   without its owner. The connection running a job holds a session advisory lock on the
+   job's id: a ``running`` job whose lock is free has lost its process and is marked
+   ``failed`` (at start-up and whenever a re-sent file meets it); a retry then proceeds.
 
-Large files (more rows than ``SYNC_ROWS``) are answered ``202`` once read and merged by
-a task the app owns (``app.state.import_tasks``); shutdown waits for those tasks."""
+On the staged path, large files (more rows than ``SYNC_ROWS``) are answered ``202`` once
+read and merged by a task the app owns (``app.state.import_tasks``); shutdown waits for
+those tasks."""
 
 import asyncio
 import csv
