@@ -5,9 +5,9 @@ that one server, in one run:
 
 1. writes a CSV of 1,000,000 distinct codes (``code`` header, 12 characters each);
 2. anchor: ``psql \\copy`` of that file into ``codes_copy``, a scratch copy of the
-   ``codes`` table with the same indexes, in the service's database (its set and pool
-   as column defaults, ``lookup`` a generated copy of ``code``: the least work a load
-   can do); run before and after the service, the mean is the anchor;
+   ``codes`` table with the same indexes and foreign keys, in the service's database
+   (its set and pool as column defaults, ``lookup`` a generated copy of ``code``: the
+   least work a load can do); run before and after the service, the mean is the anchor;
 3. service: ``POST /v1/coupon-sets/{set}/imports`` of the same file over HTTP (httpx,
    streamed from disk) into an empty set, timed until the job is ``succeeded``, while a
    thread samples the service's resident memory (VmRSS of its process tree).
@@ -79,8 +79,9 @@ def psql_binary() -> str:
 
 
 def prepare_anchor_table(server: Server, set_id: str, pool_id: str) -> None:
-    """``codes_copy``: the columns and every index of ``codes``, the set and pool as
-    defaults, and ``lookup`` computed from ``code`` (the file has one column)."""
+    """``codes_copy``: the columns, every index and the foreign keys of ``codes``, the
+    set and pool as defaults, and ``lookup`` computed from ``code`` (the file has one
+    column)."""
     with connect(server.dsn(SERVICE_DB)) as db:
         db.execute("DROP TABLE IF EXISTS codes_copy")
         db.execute(
@@ -99,6 +100,12 @@ def prepare_anchor_table(server: Server, set_id: str, pool_id: str) -> None:
             copied = definition.replace(" ON public.codes ", " ON public.codes_copy ")
             name = copied.split(" INDEX ", 1)[1].split(" ON ", 1)[0]
             db.execute(copied.replace(f" {name} ON ", f" {name}_copy ON ", 1))
+        # The same foreign keys too: their checks are part of every load into `codes`.
+        for (definition,) in db.fetch(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'codes'::regclass AND contype = 'f'"
+        ):
+            db.execute(f"ALTER TABLE codes_copy ADD {definition}")
         db.execute("ANALYZE codes_copy")
 
 
@@ -263,7 +270,8 @@ def render(res: Results) -> str:
         f"holds {res.in_set:,} codes afterwards.",
         f"- File: {res.rows:,} random 12-character codes under a `code` header, "
         f"{res.file_mb:.1f} MB. Anchor table: `codes` copied with all its indexes (unique "
-        "`(set_id, lookup)`, the free-list, recipient, `(set_id, id)` and lookup indexes); "
+        "`(set_id, lookup)`, the free-list, recipient, `(set_id, id)` and lookup indexes) "
+        "and its foreign keys (set, pool); "
         "its set and pool are column defaults and `lookup` a generated copy of `code`, so "
         "psql does the least work a load can do. Anchor run before and after the service.",
         "- The service's path (the fast one: the file has no repeats): the upload is "
