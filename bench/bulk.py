@@ -225,6 +225,10 @@ class Results:
         return sum(seconds for seconds, _, _ in self.anchors) / len(self.anchors)
 
     @property
+    def anchor_pg_cpu_s(self) -> float:
+        return sum(cpu.postgres * s for s, cpu, _ in self.anchors) / len(self.anchors)
+
+    @property
     def ratio(self) -> float:
         return self.upload.seconds / self.anchor_s
 
@@ -265,6 +269,10 @@ def render(res: Results) -> str:
         f"{_verdict(rss_ok)}.",
         f"- Until the response: {up.answered:.1f} s (answered {up.status}; a `202` would "
         "mean the staged path with its merge in the background).",
+        f"- CPU seconds: PostgreSQL {up.cpu.postgres * up.seconds:.0f} s for the service's "
+        f"load against {res.anchor_pg_cpu_s:.0f} s for the anchor's (mean); the service "
+        f"process {up.cpu.server * up.seconds:.0f} s; everything else on the machine "
+        f"{up.cpu.other * up.seconds:.0f} s during the upload.",
         f"- The job: {up.job['rows_read']:,} rows read, {up.job['accepted']:,} accepted, "
         f"{up.job['duplicates']:,} duplicates, {up.job['rejected']:,} rejected; the set "
         f"holds {res.in_set:,} codes afterwards.",
@@ -286,11 +294,12 @@ def render(res: Results) -> str:
         lines += [
             "",
             "What meeting B4 would take: the service's COPY into `codes` is the anchor's "
-            "work; the rest is Python parsing, normalising and encoding every row on the "
-            "same 2 cores PostgreSQL uses (and the HTTP upload). Parsing in a second "
-            "process (or a C extension for the row checks) would take that off the "
-            "critical path; on a machine shared with other work the ratio also moves "
-            "with the background load.",
+            "work (compare PostgreSQL's CPU seconds above); on top come the HTTP upload "
+            "and Python parsing, normalising and encoding every row, on the same 2 cores "
+            "as PostgreSQL and whatever else runs there. Parsing in a second process (or "
+            "the row checks in C) would take that off the critical path; the figures of a "
+            "machine shared with other work (see the background load) also vary from run "
+            "to run.",
         ]
     return "\n".join(lines) + "\n"
 
