@@ -601,7 +601,9 @@ class _Job:
                 await self.conn.copy_records_to_table(
                     "codes", records=stream(), columns=_CODE_COLUMNS
                 )
-            except (asyncpg.UniqueViolationError, _Staged):
+            # A deadlock: another upload holds some of these codes uncommitted, in
+            # another order; the staged path's ON CONFLICT settles it.
+            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, _Staged):
                 await transaction.rollback()
                 async for chunk in chunks:
                     spool.write(chunk)
