@@ -193,16 +193,16 @@ class TemplateInvalid(AppError):
     slug, title, status = "template-error", "The message template cannot be used", 422
 
 
-class MediaTypeUnsupported(AppError):
-    slug, title, status = "unsupported-media-type", "Unsupported media type", 415
-
-
 class IdempotencyKeyInUse(Conflict):
     slug, title = "idempotency-key-in-use", "A request with this Idempotency-Key is still running"
 
 
 class PayloadTooLarge(AppError):
     slug, title, status = "payload-too-large", "Request body too large", 413
+
+
+class UnsupportedMediaType(AppError):
+    slug, title, status = "unsupported-media-type", "The content type is not supported", 415
 
 
 class ValidationFailed(AppError):

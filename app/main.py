@@ -1,5 +1,6 @@
 """The application: middleware, routers, error handlers, and the start-up work."""
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -27,10 +28,12 @@ from app.routers import (
     deliveries,
     exports,
     health,
+    imports,
     pools,
     redemptions,
 )
 from app.services import api_keys as api_key_service
+from app.services import imports as import_service
 from app.services.deliveries import Confirmations
 from app.settings import Settings, redact_url
 
@@ -109,8 +112,12 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
             workers=settings.confirm_workers,
         )
         await app.state.confirmations.recover()
+        await import_service.recover_interrupted(app.state.driver_pool)
         yield
         await app.state.confirmations.stop()
+        # Imports merging in the background finish before their connections close.
+        if app.state.import_tasks:
+            await asyncio.gather(*app.state.import_tasks, return_exceptions=True)
         await app.state.driver_pool.close()
         await engine.dispose()
 
@@ -124,6 +131,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
+    app.state.import_tasks = set()
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
     app.state.redeem_limiter = RateLimiter(settings.redeem_rate_limit)
@@ -138,6 +146,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         redemptions.router,
         audit.router,
         exports.router,
+        imports.router,
     )
     for router in routers:
         app.include_router(router)
@@ -146,7 +155,11 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app
     )
     # Outermost, so every log line of the request and every response carry the id.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     confirm_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
     # Connections one confirm works on at once (its batches are independent).
     confirm_workers: int = Field(default=2, ge=1, le=16)
+    # Import uploads are streamed, never held whole, so their bound is a policy, not memory.
+    max_upload_bytes: int = Field(default=209_715_200, ge=1024)
     redeem_rate_limit: str = Field(
         default="100/second",
         description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",

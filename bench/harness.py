@@ -275,7 +275,7 @@ def create_database(server: Server, name: str) -> None:
 # -------------------------------------------------------------------------- the docs
 
 
-def write_section(path: Path, title: str, section: str, intro: str) -> None:
+def write_section(path: Path, title: str, section: str, intro: str = "# Benchmarks\n") -> None:
     """Replace the section headed ``title`` in ``path`` (or append it), keeping the
     intro and every other section; ``intro`` starts a file that does not exist yet."""
     text = path.read_text() if path.exists() else intro
@@ -340,3 +340,6 @@ def machine(server: Server) -> dict[str, str]:
         # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer": name and version
         "wrk": " ".join((wrk.stdout or wrk.stderr).split()[:2]),
     }
+
+
+# ------------------------------------------------------------------------------- docs

@@ -9,6 +9,7 @@ from app.models.code import Code
 from app.models.coupon_set import CouponSet
 from app.models.delivery import Delivery, DeliveryRecipient
 from app.models.idempotency import IdempotencyRecord
+from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
 from app.models.redemption import Redemption
 
@@ -21,6 +22,8 @@ __all__ = [
     "Delivery",
     "DeliveryRecipient",
     "IdempotencyRecord",
+    "ImportJob",
+    "ImportReportRow",
     "Pool",
     "Redemption",
     "SharedAssignment",

@@ -23,6 +23,8 @@ class AuditAction(enum.StrEnum):
     unassign = "unassign"
     add_codes = "add_codes"
     generate_codes = "generate_codes"
+    import_codes = "import_codes"
+    import_redemptions = "import_redemptions"
 
 
 class AuditEvent(Base):

@@ -19,11 +19,11 @@ from app.errors import (
     DeliveryNotFinished,
     Expired,
     InsufficientCodes,
-    MediaTypeUnsupported,
     NotFound,
     NotYetValid,
     SetArchived,
     TemplateInvalid,
+    UnsupportedMediaType,
     ValidationFailed,
     problem_responses,
 )
@@ -144,7 +144,7 @@ async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
     "deduplicated by `recipient_id` (the first one stays). Only before confirm.",
     openapi_extra=_TARGETS_BODY,
     responses=problem_responses(
-        NotFound, DeliveryNotEditable, MediaTypeUnsupported, ValidationFailed
+        NotFound, DeliveryNotEditable, UnsupportedMediaType, ValidationFailed
     ),
 )
 async def add_recipients(
@@ -165,7 +165,7 @@ async def add_recipients(
         return await deliveries.add_targets_csv(
             session, delivery_id=delivery_id, chunks=_body_chunks(request)
         )
-    raise MediaTypeUnsupported(
+    raise UnsupportedMediaType(
         f"Targets come as application/json or text/csv, not '{media_type or 'nothing'}'."
     )
 
