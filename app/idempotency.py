@@ -11,7 +11,7 @@ store nothing, so retrying them runs them again."""
 
 import hashlib
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -52,9 +52,46 @@ def replay_response(record: IdempotencyRecord) -> Response:
     return Response(content=record.body, status_code=record.status_code, headers=headers)
 
 
+class BodyHasher:
+    """The fingerprint of a request: method, path, query and body, hashed as the body
+    goes by, so a route that streams a large upload never holds it whole."""
+
+    def __init__(self, request: Request) -> None:
+        self._hash = hashlib.sha256(
+            b"\n".join(
+                [request.method.encode(), request.url.path.encode(), request.url.query.encode()]
+            )
+            + b"\n"
+        )
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def streams_body(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a route that reads its (large) body as a stream: the Idempotency-Key check
+    does not read the body ahead of it; the route passes every chunk to
+    ``request.state.body_hasher`` (see ``hashed_stream``) when a key was sent."""
+    endpoint.streams_body = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+async def hashed_stream(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives, fed to the Idempotency-Key fingerprint if any."""
+    hasher: BodyHasher | None = getattr(request.state, "body_hasher", None)
+    async for chunk in request.stream():
+        if chunk:
+            if hasher is not None:
+                hasher.update(chunk)
+            yield chunk
+
+
 class _Pending:
-    def __init__(self, owner: str, key: str, fingerprint: str, session: AsyncSession) -> None:
-        self.owner, self.key, self.fingerprint, self.session = owner, key, fingerprint, session
+    def __init__(self, owner: str, key: str, hasher: BodyHasher, session: AsyncSession) -> None:
+        self.owner, self.key, self.hasher, self.session = owner, key, hasher, session
 
 
 async def idempotency_key(
@@ -80,12 +117,10 @@ async def idempotency_key(
             ],
         )
     owner = caller.secret_sha256
-    body = await request.body()
-    fingerprint = hashlib.sha256(
-        b"\n".join(
-            [request.method.encode(), request.url.path.encode(), request.url.query.encode(), body]
-        )
-    ).hexdigest()
+    hasher = BodyHasher(request)
+    streamed = getattr(request.scope.get("endpoint"), "streams_body", False)
+    if not streamed:
+        hasher.update(await request.body())
     locked = await session.scalar(
         text("SELECT pg_try_advisory_xact_lock(hashtextextended(:owner || '/' || :key, 0))"),
         {"owner": owner, "key": key},
@@ -104,12 +139,16 @@ async def idempotency_key(
         )
     )
     if record is not None:
-        if record.fingerprint != fingerprint:
+        if streamed:  # read (and drop) the body only to compare it
+            async for chunk in request.stream():
+                hasher.update(chunk)
+        if record.fingerprint != hasher.hexdigest():
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used with a different request; use a new key."
             )
         raise _Replay(record)
-    request.state.idempotency = _Pending(owner, key, fingerprint, session)
+    request.state.idempotency = _Pending(owner, key, hasher, session)
+    request.state.body_hasher = hasher
     return key
 
 
@@ -121,7 +160,7 @@ async def _store(pending: _Pending, response: Response) -> None:
     values = {
         "owner": pending.owner,
         "key": pending.key,
-        "fingerprint": pending.fingerprint,
+        "fingerprint": pending.hasher.hexdigest(),
         "status_code": response.status_code,
         "headers": headers,
         "body": bytes(response.body),

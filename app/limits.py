@@ -12,7 +12,9 @@ from app.errors import PayloadTooLarge, problem_response
 
 # File uploads are streamed by their routes, never read whole, so they have their own
 # (larger) bound instead of the global one.
-UPLOAD_PATHS = re.compile(r"^/v1/coupon-sets/[^/]+/(?:redemption-)?imports/?$")
+UPLOAD_PATHS = re.compile(
+    r"^/v1/coupon-sets/[^/]+/(?:redemption-)?imports/?$|^/v1/deliveries/[^/]+/recipients/?$"
+)
 
 
 class BodySizeLimitMiddleware:

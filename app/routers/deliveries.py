@@ -21,13 +21,14 @@ from app.errors import (
     InsufficientCodes,
     NotFound,
     NotYetValid,
+    PayloadTooLarge,
     SetArchived,
     TemplateInvalid,
     UnsupportedMediaType,
     ValidationFailed,
     problem_responses,
 )
-from app.idempotency import IdempotentRoute
+from app.idempotency import IdempotentRoute, hashed_stream, streams_body
 from app.models.delivery import (
     Analysis,
     DeliveryCreate,
@@ -129,31 +130,41 @@ _TARGETS_BODY: dict[str, Any] = {
 }
 
 
-async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
-    async for chunk in request.stream():
-        if chunk:
-            yield chunk
+async def _json_body(request: Request) -> bytes:
+    """A JSON list is parsed whole, so it keeps the ordinary body limit even though this
+    route takes CSV uploads up to the upload limit."""
+    limit: int = request.app.state.settings.max_body_bytes
+    body = bytearray()
+    async for chunk in hashed_stream(request):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(
+                f"A JSON list of targets is at most {limit} bytes; send larger lists as CSV."
+            )
+    return bytes(body)
 
 
 @router.post(
     "/{delivery_id}/recipients",
     summary="Add targets (JSON or CSV)",
     description="A JSON list of up to 10,000 `{recipient_id, address, fields}`, or a "
-    "`text/csv` body with a header row: `recipient_id`, optional `address`, and any other "
-    "columns as extra fields for the template (`{{ recipient.<column> }}`). Targets are "
+    "`text/csv` body (up to `COUPONS_MAX_UPLOAD_BYTES`, read as it streams) with a header "
+    "row: `recipient_id`, optional `address`, and any other columns as extra fields for "
+    "the template (`{{ recipient.<column> }}`). Targets are "
     "deduplicated by `recipient_id` (the first one stays). Only before confirm.",
     openapi_extra=_TARGETS_BODY,
     responses=problem_responses(
-        NotFound, DeliveryNotEditable, UnsupportedMediaType, ValidationFailed
+        NotFound, DeliveryNotEditable, UnsupportedMediaType, ValidationFailed, PayloadTooLarge
     ),
 )
+@streams_body
 async def add_recipients(
     _: WriteKey, delivery_id: DeliveryId, request: Request, session: Session
 ) -> TargetsAdded:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "application/json":
         try:
-            body = TargetsAdd.model_validate_json(await request.body())
+            body = TargetsAdd.model_validate_json(await _json_body(request))
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
@@ -163,7 +174,7 @@ async def add_recipients(
         )
     if media_type in ("text/csv", "text/plain", "application/csv"):
         return await deliveries.add_targets_csv(
-            session, delivery_id=delivery_id, chunks=_body_chunks(request)
+            session, delivery_id=delivery_id, chunks=hashed_stream(request)
         )
     raise UnsupportedMediaType(
         f"Targets come as application/json or text/csv, not '{media_type or 'nothing'}'."

@@ -507,3 +507,31 @@ async def test_an_unclosed_quote_does_not_swallow_the_file(client: httpx.AsyncCl
         f"/v1/deliveries/{delivery['id']}/preview", params={"recipient_id": "z1"}
     )
     assert preview.status_code == 200
+
+
+@pytest.mark.usefixtures("spring")
+async def test_csv_targets_are_idempotent_and_may_exceed_the_json_limit(
+    client: httpx.AsyncClient,
+) -> None:
+    delivery = await create_delivery(client)
+    url = f"/v1/deliveries/{delivery['id']}/recipients"
+    csv_headers = {"Content-Type": "text/csv", "Idempotency-Key": "targets-1"}
+    body = "recipient_id,address\n" + "".join(
+        f"t{n:06d},t{n:06d}@example.com\n" for n in range(80_000)
+    )
+    assert len(body) > 2_097_152  # over the ordinary body limit, under the upload limit
+    first = await client.post(url, content=body.encode(), headers=csv_headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["added"] == 80_000
+    replay = await client.post(url, content=body.encode(), headers=csv_headers)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    other = await client.post(url, content=b"recipient_id\nx\n", headers=csv_headers)
+    assert other.status_code == 422
+    assert problem_type(other) == "idempotency-key-reused"
+
+    too_big = [{"recipient_id": f"j{n}", "address": "a" * 300} for n in range(10_000)]
+    refused = await client.post(url, json={"recipients": too_big})
+    assert refused.status_code == 413
+    assert problem_type(refused) == "payload-too-large"
+    assert (await client.get(f"/v1/deliveries/{delivery['id']}")).json()["recipients"] == 80_000
