@@ -243,6 +243,22 @@ class FailuresRecorded(BaseModel):
     failed_messages: int
 
 
+class TargetPublic(BaseModel):
+    recipient_id: str
+    address: str | None
+    fields: dict[str, Any]
+    code: str | None = Field(
+        description="The code the recipient holds in the delivery's pool now (the shared "
+        "code for a shared set once confirmed); null when none"
+    )
+    failed_at: datetime | None = Field(description="When the message was reported as failed")
+
+
+class TargetPage(BaseModel):
+    items: list[TargetPublic]
+    next_cursor: str | None
+
+
 class Preview(BaseModel):
     recipient_id: str
     address: str | None

@@ -39,10 +39,11 @@ from app.models.delivery import (
     FailuresRecorded,
     FailuresReport,
     Preview,
+    TargetPage,
     TargetsAdd,
     TargetsAdded,
 )
-from app.pagination import PageQuery, encode_cursor
+from app.pagination import PageQuery, encode_cursor, next_id_cursor
 from app.services import deliveries
 from app.services.deliveries import Confirmations
 from app.services.exports import FORMULA_STARTS
@@ -179,6 +180,20 @@ async def add_recipients(
     raise UnsupportedMediaType(
         f"Targets come as application/json or text/csv, not '{media_type or 'nothing'}'."
     )
+
+
+@router.get(
+    "/{delivery_id}/recipients",
+    summary="List the targets",
+    description="In the order they were added, with the code each holds in the delivery's "
+    "pool (before confirm: a code they hold already) and when a failure was reported.",
+    responses=problem_responses(NotFound),
+)
+async def list_recipients(
+    _: ReadKey, delivery_id: DeliveryId, session: Session, page: PageQuery
+) -> TargetPage:
+    items, seqs = await deliveries.list_targets(session, delivery_id=delivery_id, params=page)
+    return TargetPage(items=items[: page.limit], next_cursor=next_id_cursor(seqs, page))
 
 
 @router.post(

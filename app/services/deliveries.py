@@ -47,10 +47,11 @@ from app.models.delivery import (
     Preview,
     RejectedRow,
     TargetIn,
+    TargetPublic,
     TargetsAdded,
 )
 from app.models.pool import DEFAULT_POOL, Pool
-from app.pagination import PageParams, paginate
+from app.pagination import PageParams, decode_id_cursor, paginate
 from app.services import coupon_sets, pools
 from app.services.assignments import ensure_usable
 from app.services.templates import Compiled
@@ -1247,6 +1248,64 @@ async def preview(session: AsyncSession, *, delivery_id: str, recipient_id: str)
         subject=subject,
         body=body,
     )
+
+
+_TARGETS = """
+SELECT dr.seq, dr.recipient_id, dr.address, dr.fields, dr.failed_at, {code} AS code
+FROM delivery_recipients dr
+{join}
+WHERE dr.delivery_id = :delivery_id AND dr.seq > :after
+ORDER BY dr.seq
+LIMIT :limit
+"""
+_TARGETS_UNIQUE = text(
+    _TARGETS.format(
+        code="c.code",
+        join="LEFT JOIN codes c ON c.pool_id = :pool_id AND c.recipient_id = dr.recipient_id "
+        "AND NOT c.additional",
+    )
+)
+_TARGETS_SHARED = text(
+    _TARGETS.format(
+        code="CASE WHEN a.id IS NULL THEN NULL ELSE CAST(:shared_code AS text) END",
+        join="LEFT JOIN shared_assignments a ON a.set_id = :set_id "
+        "AND a.recipient_id = dr.recipient_id AND NOT a.additional",
+    )
+)
+
+
+async def list_targets(
+    session: AsyncSession, *, delivery_id: str, params: PageParams
+) -> tuple[list[TargetPublic], list[int]]:
+    """The target list in the order it was built, with each target's code, and the seqs
+    (for the cursor)."""
+    delivery = await _load(session, delivery_id)
+    values: dict[str, Any] = {
+        "delivery_id": delivery.id,
+        "after": decode_id_cursor(params.cursor) if params.cursor else 0,
+        "limit": params.limit + 1,
+    }
+    if delivery.pool_id is None:
+        shared_code = await session.scalar(
+            select(CouponSet.shared_code).where(CouponSet.id == delivery.coupon_set_id)
+        )
+        values |= {"set_id": delivery.coupon_set_id, "shared_code": shared_code}
+        rows = (await session.execute(_TARGETS_SHARED, values)).all()
+    else:
+        rows = (
+            await session.execute(_TARGETS_UNIQUE, {**values, "pool_id": delivery.pool_id})
+        ).all()
+    items = [
+        TargetPublic(
+            recipient_id=r.recipient_id,
+            address=r.address,
+            fields=r.fields,
+            code=r.code,
+            failed_at=r.failed_at,
+        )
+        for r in rows
+    ]
+    return items, [r.seq for r in rows]
 
 
 _MESSAGES = """

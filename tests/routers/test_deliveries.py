@@ -535,3 +535,27 @@ async def test_csv_targets_are_idempotent_and_may_exceed_the_json_limit(
     assert refused.status_code == 413
     assert problem_type(refused) == "payload-too-large"
     assert (await client.get(f"/v1/deliveries/{delivery['id']}")).json()["recipients"] == 80_000
+
+
+@pytest.mark.usefixtures("spring")
+async def test_the_target_list_shows_each_code(client: httpx.AsyncClient) -> None:
+    held = (await assign(client, "spring", "r1")).json()["code"]
+    delivery = await create_delivery(client)
+    await add_targets(client, delivery["id"], targets(3))
+    url = f"/v1/deliveries/{delivery['id']}/recipients"
+    before = (await client.get(url)).json()["items"]
+    assert [(t["recipient_id"], t["code"]) for t in before] == [
+        ("r0", None),
+        ("r1", held),
+        ("r2", None),
+    ]
+    assert before[0]["fields"] == {"first_name": "N0"}
+    await confirm(client, delivery["id"])
+    await client.post(f"/v1/deliveries/{delivery['id']}/failures", json={"recipient_ids": ["r2"]})
+    page = (await client.get(url, params={"limit": 2})).json()
+    rest = (await client.get(url, params={"limit": 2, "cursor": page["next_cursor"]})).json()
+    after = page["items"] + rest["items"]
+    assert rest["next_cursor"] is None
+    assert after[0]["code"] is not None
+    assert after[1]["code"] == held
+    assert (after[2]["code"], after[2]["failed_at"] is not None) == (None, True)
