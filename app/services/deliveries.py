@@ -617,11 +617,16 @@ WITH batch AS MATERIALIZED (
     ORDER BY dr.seq
     LIMIT $4
 ), need AS MATERIALIZED (
+    -- LATERAL with LIMIT: one index probe per target. (NOT EXISTS would be planned as
+    -- an anti join that hashes every recipient of the pool, which grows as it fills.)
     SELECT b.recipient_id, b.address, row_number() OVER (ORDER BY b.seq) AS rn
     FROM batch b
-    WHERE NOT EXISTS (SELECT 1 FROM codes c
-                      WHERE c.pool_id = $5 AND c.recipient_id = b.recipient_id
-                        AND NOT c.additional)
+    LEFT JOIN LATERAL (
+        SELECT true AS held FROM codes c
+        WHERE c.pool_id = $5 AND c.recipient_id = b.recipient_id AND NOT c.additional
+        LIMIT 1
+    ) h ON true
+    WHERE h.held IS NULL
 ), free AS MATERIALIZED (
     SELECT c.id FROM codes c
     WHERE c.pool_id = $5 AND c.status = 'available' AND c.id > $10
@@ -631,14 +636,22 @@ WITH batch AS MATERIALIZED (
     ORDER BY c.id
     LIMIT (SELECT count(*) FROM need)
     FOR UPDATE SKIP LOCKED
-), numbered AS (
-    SELECT free.id, row_number() OVER (ORDER BY free.id) AS rn FROM free
+), pairs AS MATERIALIZED (
+    -- Paired by row number, then handed to the UPDATE as arrays: unnest() keeps the
+    -- planner to one primary-key probe per code (a join on the CTE got a hash join
+    -- over a scan of the whole codes table).
+    SELECT array_agg(f.id ORDER BY f.rn) AS ids,
+           array_agg(need.recipient_id ORDER BY f.rn) AS recipient_ids,
+           array_agg(need.address ORDER BY f.rn) AS addresses
+    FROM (SELECT free.id, row_number() OVER (ORDER BY free.id) AS rn FROM free) f
+    JOIN need USING (rn)
 ), claimed AS (
     UPDATE codes c
-    SET status = 'assigned', recipient_id = need.recipient_id, address = need.address,
+    SET status = 'assigned', recipient_id = u.recipient_id, address = u.address,
         channel = $7, delivery_id = $8, additional = false, assigned_at = now()
-    FROM numbered JOIN need USING (rn)
-    WHERE c.id = numbered.id
+    FROM pairs, unnest(pairs.ids, pairs.recipient_ids, pairs.addresses)
+         AS u(id, recipient_id, address)
+    WHERE c.id = u.id
     RETURNING c.id, c.code, c.recipient_id
 ), audited AS (
     INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id, details)
