@@ -30,6 +30,7 @@ from app.routers import (
     redemptions,
 )
 from app.services import api_keys as api_key_service
+from app.services.assignments import ClaimCoalescer
 from app.services.deliveries import Confirmations
 from app.settings import Settings, redact_url
 
@@ -100,6 +101,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.driver_pool = await create_driver_pool(settings, database_url)
+        app.state.claim_coalescer = (
+            ClaimCoalescer(app.state.driver_pool) if settings.coalesce_claims else None
+        )
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)
         app.state.confirmations = Confirmations(

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     confirm_wait_seconds: float = Field(default=10.0, ge=0, le=60)
     # Targets per transaction of a confirm: bigger is faster, smaller holds locks less long.
     confirm_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
+    # Concurrent assignments of one pool are claimed together, one statement per batch.
+    coalesce_claims: bool = True
     redeem_rate_limit: str = Field(
         default="100/second",
         description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",

@@ -5,6 +5,7 @@ Unique sets: a claim takes one free code of the pool with ``FOR UPDATE SKIP LOCK
 recipient on it, in the same statement as its audit row. Shared sets: a row in
 ``shared_assignments``."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -132,11 +133,165 @@ async def _set_and_pool(
     return row[0], row[1]
 
 
-async def _assign_autocommit(
-    pool: asyncpg.Pool, *, set_ref: str, data: AssignmentCreate, actor: ApiKey
+class _Claim:
+    """One request's place in a coalesced batch: its arguments and its answer."""
+
+    __slots__ = ("address", "api_key_id", "channel", "delivery_id", "future", "recipient_id")
+
+    def __init__(self, data: AssignmentCreate, actor: ApiKey) -> None:
+        self.recipient_id = data.recipient_id
+        self.address = data.address
+        self.channel = data.channel.value if data.channel else None
+        self.delivery_id = data.delivery_id
+        self.api_key_id = actor.id
+        self.future: asyncio.Future[asyncpg.Record | object | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+
+# A batch's answer to a request that must claim on its own (see ClaimCoalescer._run_batch).
+_CLAIM_SINGLY = object()
+# One call claims for all of a batch: claim_codes() (migration 0006).
+_CLAIM_MANY = "SELECT * FROM claim_codes($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+
+class ClaimCoalescer:
+    """Coalesces the concurrent claims of one pool: while a claim statement of the pool
+    is in flight, new requests wait in the pool's queue; when it returns, one
+    ``claim_codes()`` call (one statement, so one transaction and one commit) claims for
+    all of them. A request arriving at an idle pool is sent at once, so this adds no
+    wait without load. The statement takes the recipients' advisory locks in sorted
+    order (no deadlock between batches), gives held codes back, and pairs the others
+    with free codes taken ``FOR UPDATE SKIP LOCKED`` by row number: the same guarantees
+    as ``claim_code()``, for many recipients. A recipient repeated in a batch waits for
+    the next one; ``additional`` claims are not coalesced. When a delivery's confirm
+    races the statement for one of its recipients, the batch's requests claim one by
+    one instead; any other failure of the statement fails every request of its batch
+    with that error."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 64) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._queues: dict[tuple[uuid.UUID, uuid.UUID, str], list[_Claim]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def claim(
+        self,
+        *,
+        set_id: uuid.UUID,
+        pool_id: uuid.UUID,
+        pool_name: str,
+        data: AssignmentCreate,
+        actor: ApiKey,
+    ) -> Any:
+        """The claim's row (its ``created`` says whether it is new), None when the pool
+        had no code for it, or ``_CLAIM_SINGLY``."""
+        claim = _Claim(data, actor)
+        key = (set_id, pool_id, pool_name)
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append(claim)  # a batch of this pool is in flight; the next takes it
+        else:
+            self._queues[key] = [claim]
+            task = asyncio.create_task(self._drain(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await claim.future
+
+    async def _drain(self, key: tuple[uuid.UUID, uuid.UUID, str]) -> None:
+        queue = self._queues[key]
+        try:
+            while queue:
+                batch: list[_Claim] = []
+                later: list[_Claim] = []
+                seen: set[str] = set()
+                for claim in queue:
+                    if claim.future.done():
+                        continue  # its request was cancelled
+                    if claim.recipient_id in seen or len(batch) >= self._max_batch:
+                        later.append(claim)
+                    else:
+                        seen.add(claim.recipient_id)
+                        batch.append(claim)
+                queue[:] = later
+                if batch:
+                    await self._run_batch(key, batch)
+        finally:
+            del self._queues[key]
+            for claim in queue:  # only if this task itself was cancelled
+                if not claim.future.done():
+                    claim.future.set_result(_CLAIM_SINGLY)
+
+    async def _run_batch(self, key: tuple[uuid.UUID, uuid.UUID, str], batch: list[_Claim]) -> None:
+        set_id, pool_id, pool_name = key
+        try:
+            rows = await self._execute(set_id, pool_id, pool_name, batch)
+        except (
+            asyncpg.UniqueViolationError,
+            asyncpg.LockNotAvailableError,
+            asyncpg.DeadlockDetectedError,
+        ):
+            # A delivery's confirm is giving one of them a code: the statement hit its
+            # entry in uq_codes_recipient, or gave up waiting for it (see migration 0006).
+            # Each claims alone then, and finds that code or waits for it safely.
+            for claim in batch:
+                if not claim.future.done():
+                    claim.future.set_result(_CLAIM_SINGLY)
+            return
+        except BaseException as exc:
+            for claim in batch:
+                if not claim.future.done():
+                    claim.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        by_ord = {row["ord"]: row for row in rows}
+        created = [row["id"] for row in rows if row["created"]]
+        if created:
+            _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), *created)
+        for ord_, claim in enumerate(batch, 1):
+            if not claim.future.done():
+                claim.future.set_result(by_ord.get(ord_))
+
+    async def _execute(
+        self, set_id: uuid.UUID, pool_id: uuid.UUID, pool_name: str, batch: list[_Claim]
+    ) -> list[asyncpg.Record]:
+        async with self._pool.acquire() as connection, _discarded_if_broken(connection):
+            rows: list[asyncpg.Record] = await connection.fetch(
+                _CLAIM_MANY,
+                set_id,
+                pool_id,
+                pool_name,
+                [c.recipient_id for c in batch],
+                [c.address for c in batch],
+                [c.channel for c in batch],
+                [c.delivery_id for c in batch],
+                [c.api_key_id for c in batch],
+                _scan_hint.get(pool_id, 0),
+            )
+        return rows
+
+
+async def _claim_single(connection: asyncpg.Connection, args: tuple[Any, ...]) -> Any:
+    try:
+        return await connection.fetchrow(_CLAIM_PLAIN, *args, _scan_hint.get(args[1], 0))
+    except asyncpg.UniqueViolationError:
+        # A delivery's confirm gave this recipient a code of the pool meanwhile (it
+        # does not take the recipient lock): the claim, run again, finds that code.
+        return await connection.fetchrow(_CLAIM_PLAIN, *args, _scan_hint.get(args[1], 0))
+
+
+async def assign_autocommit(
+    pool: asyncpg.Pool,
+    *,
+    set_ref: str,
+    data: AssignmentCreate,
+    actor: ApiKey,
+    coalescer: ClaimCoalescer | None = None,
 ) -> tuple[AssignmentPublic, bool] | None:
     """The common case in two round trips on a plain connection, without a transaction
     of its own: ``claim_code()`` is one statement, so it commits alone and atomically.
+    With a ``coalescer`` the claim joins the pool's next batch instead.
     None when this is not the common case (a shared set, an empty pool, an unknown
     set or pool): the caller then takes the transactional path, which explains it."""
     pool_name = data.pool or DEFAULT_POOL
@@ -167,14 +322,21 @@ async def _assign_autocommit(
             data.delivery_id,
             data.additional,
             actor.id,
-            _scan_hint.get(pool_id, 0),
         )
-        try:
-            row = await connection.fetchrow(_CLAIM_PLAIN, *args)
-        except asyncpg.UniqueViolationError:
-            # A delivery's confirm gave this recipient a code of the pool meanwhile (it
-            # does not take the recipient lock): the claim, run again, finds that code.
-            row = await connection.fetchrow(_CLAIM_PLAIN, *args)
+        row: Any = _CLAIM_SINGLY
+        if coalescer is None or data.additional:
+            row = await _claim_single(connection, args)
+    if row is _CLAIM_SINGLY and coalescer is not None and not data.additional:
+        row = await coalescer.claim(
+            set_id=coupon_set.id,
+            pool_id=pool_id,
+            pool_name=found["pool_name"],
+            data=data,
+            actor=actor,
+        )
+    if row is _CLAIM_SINGLY:
+        async with pool.acquire() as connection, _discarded_if_broken(connection):
+            row = await _claim_single(connection, args)
     if row is None:
         return None
     claimed = SimpleNamespace(**row)
@@ -192,7 +354,7 @@ async def _assign_autocommit(
 
 async def _claim_in_savepoint(session: AsyncSession, params: dict[str, Any]) -> Any:
     """The claim, run again if a delivery's confirm gave the recipient a code meanwhile
-    (see ``_assign_autocommit``); the savepoint keeps the transaction usable."""
+    (see ``assign_autocommit``); the savepoint keeps the transaction usable."""
     for attempt in (1, 2):
         try:
             async with session.begin_nested():
@@ -211,6 +373,7 @@ async def assign(
     actor: ApiKey,
     idempotency_key: str | None,
     plain_pool: asyncpg.Pool | None = None,
+    coalescer: ClaimCoalescer | None = None,
 ) -> tuple[AssignmentPublic, bool]:
     """The recipient's code and whether it is new (False: they held it already).
 
@@ -218,7 +381,9 @@ async def assign(
     an Idempotency-Key never does, because its stored response must commit in the same
     transaction as the claim."""
     if plain_pool is not None and idempotency_key is None:
-        fast = await _assign_autocommit(plain_pool, set_ref=set_ref, data=data, actor=actor)
+        fast = await assign_autocommit(
+            plain_pool, set_ref=set_ref, data=data, actor=actor, coalescer=coalescer
+        )
         if fast is not None:
             return fast
     coupon_set, pool = await _set_and_pool(session, set_ref, data.pool or DEFAULT_POOL)
