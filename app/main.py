@@ -13,6 +13,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__
+from app.assign_fast_path import AssignFastPath
 from app.db import create_driver_pool, create_engine, create_sessionmaker
 from app.errors import Problem, install_error_handlers
 from app.limits import BodySizeLimitMiddleware
@@ -145,6 +146,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     Instrumentator(excluded_handlers=["/metrics"], registry=app.state.metrics_registry).instrument(
         app
     )
+    if settings.assign_fast_path:
+        # Just outside the metrics middleware, which it feeds itself (see the module).
+        app.add_middleware(AssignFastPath, max_bytes=settings.max_body_bytes)
     # Outermost, so every log line of the request and every response carry the id.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     confirm_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
     # Concurrent assignments of one pool are claimed together, one statement per batch.
     coalesce_claims: bool = True
+    # Plain assignments are answered by a lean ASGI layer instead of the FastAPI route.
+    assign_fast_path: bool = True
     redeem_rate_limit: str = Field(
         default="100/second",
         description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",

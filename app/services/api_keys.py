@@ -53,14 +53,22 @@ def _snapshot(key: ApiKey) -> ApiKey:
     return ApiKey(**{name: getattr(key, name) for name in columns})
 
 
-async def find_active(session: AsyncSession, *, secret: str) -> ApiKey | None:
-    digest = hash_secret(secret)
-    now = time.monotonic()
-    cached = _cache.get(digest)
-    if cached is not None and cached[0] > now:
+def cached_active(secret: str) -> ApiKey | None:
+    """The key of ``secret`` when the cache remembers it as active, else None (which
+    says nothing: ``find_active`` asks the database)."""
+    cached = _cache.get(hash_secret(secret))
+    if cached is not None and cached[0] > time.monotonic():
         key = cached[1]
         if key.expires_at is None or key.expires_at > datetime.now(UTC):
             return key
+    return None
+
+
+async def find_active(session: AsyncSession, *, secret: str) -> ApiKey | None:
+    if (key := cached_active(secret)) is not None:
+        return key
+    digest = hash_secret(secret)
+    now = time.monotonic()
     stmt = select(ApiKey).where(ApiKey.secret_sha256 == digest, *_active())
     found = (await session.execute(stmt)).scalar_one_or_none()
     if found is None:
