@@ -19,7 +19,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Expired, NotFound, NotYetValid, PoolExhausted, SetArchived, sqlstate
+from app.errors import (
+    AppError,
+    Expired,
+    NotFound,
+    NotYetValid,
+    PoolExhausted,
+    SetArchived,
+    sqlstate,
+)
 from app.models.api_key import ApiKey
 from app.models.assignment import AssignmentCreate, AssignmentPublic, SharedAssignment
 from app.models.audit import AuditAction
@@ -144,50 +152,73 @@ class _Claim:
         self.channel = data.channel.value if data.channel else None
         self.delivery_id = data.delivery_id
         self.api_key_id = actor.id
-        self.future: asyncio.Future[asyncpg.Record | object | None] = (
+        self.future: asyncio.Future[tuple[asyncpg.Record | None, Any]] = (
             asyncio.get_running_loop().create_future()
         )
 
 
-# A batch's answer to a request that must claim on its own (see ClaimCoalescer._run_batch).
-_CLAIM_SINGLY = object()
+# A batch's answers besides a claim's row or None (no code left for it):
+_CLAIM_SINGLY = object()  # claim alone (see ClaimCoalescer._run_batch)
+_UNUSABLE = object()  # the set refused the claim (archived, outside its validity)
 # One call claims for all of a batch: claim_codes() (migration 0006).
 _CLAIM_MANY = "SELECT * FROM claim_codes($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
+async def _lookup(
+    connection: asyncpg.Connection, set_ref: str, pool_name: str
+) -> asyncpg.Record | None:
+    """The set and pool of a claim, or None when this is not the fast path's case (an
+    unknown set or pool, a shared set)."""
+    set_id = parse_id(set_ref)
+    found: asyncpg.Record | None = await connection.fetchrow(
+        _BY_ID if set_id else _BY_KEY, set_id or set_ref, pool_name
+    )
+    if found is None or found["kind"] != SetKind.unique or found["pool_id"] is None:
+        return None
+    return found
+
+
+def _set_of(found: asyncpg.Record) -> CouponSet:
+    return CouponSet(
+        id=found["id"],
+        key=found["key"],
+        kind=found["kind"],
+        status=found["status"],
+        valid_from=found["valid_from"],
+        valid_until=found["valid_until"],
+    )
+
+
 class ClaimCoalescer:
-    """Coalesces the concurrent claims of one pool: while a claim statement of the pool
-    is in flight, new requests wait in the pool's queue; when it returns, one
-    ``claim_codes()`` call (one statement, so one transaction and one commit) claims for
-    all of them. A request arriving at an idle pool is sent at once, so this adds no
-    wait without load. The statement takes the recipients' advisory locks in sorted
-    order (no deadlock between batches), gives held codes back, and pairs the others
-    with free codes taken ``FOR UPDATE SKIP LOCKED`` by row number: the same guarantees
-    as ``claim_code()``, for many recipients. A recipient repeated in a batch waits for
-    the next one; ``additional`` claims are not coalesced. When a delivery's confirm
-    races the statement for one of its recipients, the batch's requests claim one by
-    one instead; any other failure of the statement fails every request of its batch
-    with that error."""
+    """Coalesces the concurrent claims of one pool: while a batch of the pool is in
+    flight, new requests wait in the pool's queue; when it returns, the next batch
+    serves all of them on one connection with one lookup of the set and pool and one
+    ``claim_codes()`` call (one statement, so one transaction and one commit). A
+    request arriving at an idle pool is sent at once, so this adds no wait without
+    load, and every request is served by a lookup that started after it arrived. The
+    statement takes the recipients' advisory locks in sorted order (no deadlock between
+    batches), gives held codes back, and pairs the others with free codes taken
+    ``FOR UPDATE SKIP LOCKED`` by row number: the same guarantees as ``claim_code()``,
+    for many recipients. A recipient repeated in a batch waits for the next one;
+    ``additional`` claims are not coalesced. When a delivery's confirm races the
+    statement for one of its recipients, the batch's requests claim one by one
+    instead; any other failure fails every request of its batch with that error."""
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 64) -> None:
         self._pool = pool
         self._max_batch = max_batch
-        self._queues: dict[tuple[uuid.UUID, uuid.UUID, str], list[_Claim]] = {}
+        # By the set reference and pool name as the requests spell them.
+        self._queues: dict[tuple[str, str], list[_Claim]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def claim(
-        self,
-        *,
-        set_id: uuid.UUID,
-        pool_id: uuid.UUID,
-        pool_name: str,
-        data: AssignmentCreate,
-        actor: ApiKey,
-    ) -> Any:
-        """The claim's row (its ``created`` says whether it is new), None when the pool
-        had no code for it, or ``_CLAIM_SINGLY``."""
+        self, *, set_ref: str, pool_name: str, data: AssignmentCreate, actor: ApiKey
+    ) -> tuple[asyncpg.Record | None, Any]:
+        """The set and pool found (None: not the fast path's case) and the claim's row
+        (its ``created`` says whether it is new), None when the pool had no code for
+        it, ``_UNUSABLE`` or ``_CLAIM_SINGLY``."""
         claim = _Claim(data, actor)
-        key = (set_id, pool_id, pool_name)
+        key = (set_ref, pool_name)
         queue = self._queues.get(key)
         if queue is not None:
             queue.append(claim)  # a batch of this pool is in flight; the next takes it
@@ -198,7 +229,7 @@ class ClaimCoalescer:
             task.add_done_callback(self._tasks.discard)
         return await claim.future
 
-    async def _drain(self, key: tuple[uuid.UUID, uuid.UUID, str]) -> None:
+    async def _drain(self, key: tuple[str, str]) -> None:
         queue = self._queues[key]
         try:
             while queue:
@@ -218,26 +249,13 @@ class ClaimCoalescer:
                     await self._run_batch(key, batch)
         finally:
             del self._queues[key]
-            for claim in queue:  # only if this task itself was cancelled
+            for claim in queue:  # only if this task itself was cancelled (shutdown)
                 if not claim.future.done():
-                    claim.future.set_result(_CLAIM_SINGLY)
+                    claim.future.set_result((None, None))  # the transactional path
 
-    async def _run_batch(self, key: tuple[uuid.UUID, uuid.UUID, str], batch: list[_Claim]) -> None:
-        set_id, pool_id, pool_name = key
+    async def _run_batch(self, key: tuple[str, str], batch: list[_Claim]) -> None:
         try:
-            rows = await self._execute(set_id, pool_id, pool_name, batch)
-        except (
-            asyncpg.UniqueViolationError,
-            asyncpg.LockNotAvailableError,
-            asyncpg.DeadlockDetectedError,
-        ):
-            # A delivery's confirm is giving one of them a code: the statement hit its
-            # entry in uq_codes_recipient, or gave up waiting for it (see migration 0006).
-            # Each claims alone then, and finds that code or waits for it safely.
-            for claim in batch:
-                if not claim.future.done():
-                    claim.future.set_result(_CLAIM_SINGLY)
-            return
+            answers = await self._execute(*key, batch)
         except BaseException as exc:
             for claim in batch:
                 if not claim.future.done():
@@ -245,34 +263,65 @@ class ClaimCoalescer:
             if not isinstance(exc, Exception):
                 raise
             return
+        for claim, answer in zip(batch, answers, strict=True):
+            if not claim.future.done():
+                claim.future.set_result(answer)
+
+    async def _execute(
+        self, set_ref: str, pool_name: str, batch: list[_Claim]
+    ) -> list[tuple[asyncpg.Record | None, Any]]:
+        async with self._pool.acquire() as connection, _discarded_if_broken(connection):
+            found = await _lookup(connection, set_ref, pool_name)
+            if found is None:
+                return [(None, None)] * len(batch)
+            try:
+                ensure_usable(_set_of(found))
+            except AppError:
+                return [(found, _UNUSABLE)] * len(batch)
+            pool_id: uuid.UUID = found["pool_id"]
+            try:
+                rows = await connection.fetch(
+                    _CLAIM_MANY,
+                    found["id"],
+                    pool_id,
+                    found["pool_name"],
+                    [c.recipient_id for c in batch],
+                    [c.address for c in batch],
+                    [c.channel for c in batch],
+                    [c.delivery_id for c in batch],
+                    [c.api_key_id for c in batch],
+                    _scan_hint.get(pool_id, 0),
+                )
+            except (
+                asyncpg.UniqueViolationError,
+                asyncpg.LockNotAvailableError,
+                asyncpg.DeadlockDetectedError,
+            ):
+                # A delivery's confirm is giving one of them a code: the statement hit
+                # its entry in uq_codes_recipient, or gave up waiting for it (migration
+                # 0006). Each claims alone then, and finds that code or waits for it.
+                return [(found, _CLAIM_SINGLY)] * len(batch)
         by_ord = {row["ord"]: row for row in rows}
         created = [row["id"] for row in rows if row["created"]]
         if created:
             _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), *created)
-        for ord_, claim in enumerate(batch, 1):
-            if not claim.future.done():
-                claim.future.set_result(by_ord.get(ord_))
-
-    async def _execute(
-        self, set_id: uuid.UUID, pool_id: uuid.UUID, pool_name: str, batch: list[_Claim]
-    ) -> list[asyncpg.Record]:
-        async with self._pool.acquire() as connection, _discarded_if_broken(connection):
-            rows: list[asyncpg.Record] = await connection.fetch(
-                _CLAIM_MANY,
-                set_id,
-                pool_id,
-                pool_name,
-                [c.recipient_id for c in batch],
-                [c.address for c in batch],
-                [c.channel for c in batch],
-                [c.delivery_id for c in batch],
-                [c.api_key_id for c in batch],
-                _scan_hint.get(pool_id, 0),
-            )
-        return rows
+        return [(found, by_ord.get(n)) for n in range(1, len(batch) + 1)]
 
 
-async def _claim_single(connection: asyncpg.Connection, args: tuple[Any, ...]) -> Any:
+async def _claim_single(
+    connection: asyncpg.Connection, found: asyncpg.Record, data: AssignmentCreate, actor: ApiKey
+) -> Any:
+    args = (
+        found["id"],
+        found["pool_id"],
+        found["pool_name"],
+        data.recipient_id,
+        data.address,
+        data.channel.value if data.channel else None,
+        data.delivery_id,
+        data.additional,
+        actor.id,
+    )
     try:
         return await connection.fetchrow(_CLAIM_PLAIN, *args, _scan_hint.get(args[1], 0))
     except asyncpg.UniqueViolationError:
@@ -291,55 +340,36 @@ async def assign_autocommit(
 ) -> tuple[AssignmentPublic, bool] | None:
     """The common case in two round trips on a plain connection, without a transaction
     of its own: ``claim_code()`` is one statement, so it commits alone and atomically.
-    With a ``coalescer`` the claim joins the pool's next batch instead.
+    With a ``coalescer`` the lookup and the claim join the pool's next batch instead.
     None when this is not the common case (a shared set, an empty pool, an unknown
     set or pool): the caller then takes the transactional path, which explains it."""
     pool_name = data.pool or DEFAULT_POOL
-    set_id = parse_id(set_ref)
-    async with pool.acquire() as connection, _discarded_if_broken(connection):
-        found = await connection.fetchrow(
-            _BY_ID if set_id else _BY_KEY, set_id or set_ref, pool_name
+    row: Any
+    if coalescer is not None and not data.additional:
+        found, row = await coalescer.claim(
+            set_ref=set_ref, pool_name=pool_name, data=data, actor=actor
         )
-        if found is None or found["kind"] != SetKind.unique or found["pool_id"] is None:
+        if found is None:
             return None
-        coupon_set = CouponSet(
-            id=found["id"],
-            key=found["key"],
-            kind=found["kind"],
-            status=found["status"],
-            valid_from=found["valid_from"],
-            valid_until=found["valid_until"],
-        )
-        ensure_usable(coupon_set)
-        pool_id: uuid.UUID = found["pool_id"]
-        args = (
-            coupon_set.id,
-            pool_id,
-            found["pool_name"],
-            data.recipient_id,
-            data.address,
-            data.channel.value if data.channel else None,
-            data.delivery_id,
-            data.additional,
-            actor.id,
-        )
-        row: Any = _CLAIM_SINGLY
-        if coalescer is None or data.additional:
-            row = await _claim_single(connection, args)
-    if row is _CLAIM_SINGLY and coalescer is not None and not data.additional:
-        row = await coalescer.claim(
-            set_id=coupon_set.id,
-            pool_id=pool_id,
-            pool_name=found["pool_name"],
-            data=data,
-            actor=actor,
-        )
-    if row is _CLAIM_SINGLY:
+        coupon_set = _set_of(found)
+        if row is _UNUSABLE:
+            ensure_usable(coupon_set)  # raises the refusal, unless it just ended
+            return None
+        if row is _CLAIM_SINGLY:
+            async with pool.acquire() as connection, _discarded_if_broken(connection):
+                row = await _claim_single(connection, found, data, actor)
+    else:
         async with pool.acquire() as connection, _discarded_if_broken(connection):
-            row = await _claim_single(connection, args)
+            found = await _lookup(connection, set_ref, pool_name)
+            if found is None:
+                return None
+            coupon_set = _set_of(found)
+            ensure_usable(coupon_set)
+            row = await _claim_single(connection, found, data, actor)
     if row is None:
         return None
     claimed = SimpleNamespace(**row)
+    pool_id: uuid.UUID = found["pool_id"]
     if claimed.created:
         _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), claimed.id)
     public = _public(
