@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy import and_, func, select, text
@@ -152,7 +152,7 @@ class _Claim:
         self.channel = data.channel.value if data.channel else None
         self.delivery_id = data.delivery_id
         self.api_key_id = actor.id
-        self.future: asyncio.Future[tuple[asyncpg.Record | None, Any]] = (
+        self.future: asyncio.Future[tuple[_Target | None, Any]] = (
             asyncio.get_running_loop().create_future()
         )
 
@@ -164,22 +164,22 @@ _UNUSABLE = object()  # the set refused the claim (archived, outside its validit
 _CLAIM_MANY = "SELECT * FROM claim_codes($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
-async def _lookup(
-    connection: asyncpg.Connection, set_ref: str, pool_name: str
-) -> asyncpg.Record | None:
+class _Target(NamedTuple):
+    """The set and pool a claim is for, built once per lookup (shared by a batch)."""
+
+    coupon_set: CouponSet
+    pool_id: uuid.UUID
+    pool_name: str
+
+
+async def _lookup(connection: asyncpg.Connection, set_ref: str, pool_name: str) -> _Target | None:
     """The set and pool of a claim, or None when this is not the fast path's case (an
     unknown set or pool, a shared set)."""
     set_id = parse_id(set_ref)
-    found: asyncpg.Record | None = await connection.fetchrow(
-        _BY_ID if set_id else _BY_KEY, set_id or set_ref, pool_name
-    )
+    found = await connection.fetchrow(_BY_ID if set_id else _BY_KEY, set_id or set_ref, pool_name)
     if found is None or found["kind"] != SetKind.unique or found["pool_id"] is None:
         return None
-    return found
-
-
-def _set_of(found: asyncpg.Record) -> CouponSet:
-    return CouponSet(
+    coupon_set = CouponSet(
         id=found["id"],
         key=found["key"],
         kind=found["kind"],
@@ -187,6 +187,7 @@ def _set_of(found: asyncpg.Record) -> CouponSet:
         valid_from=found["valid_from"],
         valid_until=found["valid_until"],
     )
+    return _Target(coupon_set, found["pool_id"], found["pool_name"])
 
 
 class ClaimCoalescer:
@@ -213,7 +214,7 @@ class ClaimCoalescer:
 
     async def claim(
         self, *, set_ref: str, pool_name: str, data: AssignmentCreate, actor: ApiKey
-    ) -> tuple[asyncpg.Record | None, Any]:
+    ) -> tuple[_Target | None, Any]:
         """The set and pool found (None: not the fast path's case) and the claim's row
         (its ``created`` says whether it is new), None when the pool had no code for
         it, ``_UNUSABLE`` or ``_CLAIM_SINGLY``."""
@@ -269,22 +270,22 @@ class ClaimCoalescer:
 
     async def _execute(
         self, set_ref: str, pool_name: str, batch: list[_Claim]
-    ) -> list[tuple[asyncpg.Record | None, Any]]:
+    ) -> list[tuple[_Target | None, Any]]:
         async with self._pool.acquire() as connection, _discarded_if_broken(connection):
             found = await _lookup(connection, set_ref, pool_name)
             if found is None:
                 return [(None, None)] * len(batch)
             try:
-                ensure_usable(_set_of(found))
+                ensure_usable(found.coupon_set)
             except AppError:
                 return [(found, _UNUSABLE)] * len(batch)
-            pool_id: uuid.UUID = found["pool_id"]
+            pool_id = found.pool_id
             try:
                 rows = await connection.fetch(
                     _CLAIM_MANY,
-                    found["id"],
+                    found.coupon_set.id,
                     pool_id,
-                    found["pool_name"],
+                    found.pool_name,
                     [c.recipient_id for c in batch],
                     [c.address for c in batch],
                     [c.channel for c in batch],
@@ -309,12 +310,12 @@ class ClaimCoalescer:
 
 
 async def _claim_single(
-    connection: asyncpg.Connection, found: asyncpg.Record, data: AssignmentCreate, actor: ApiKey
+    connection: asyncpg.Connection, found: _Target, data: AssignmentCreate, actor: ApiKey
 ) -> Any:
     args = (
-        found["id"],
-        found["pool_id"],
-        found["pool_name"],
+        found.coupon_set.id,
+        found.pool_id,
+        found.pool_name,
         data.recipient_id,
         data.address,
         data.channel.value if data.channel else None,
@@ -351,9 +352,8 @@ async def assign_autocommit(
         )
         if found is None:
             return None
-        coupon_set = _set_of(found)
         if row is _UNUSABLE:
-            ensure_usable(coupon_set)  # raises the refusal, unless it just ended
+            ensure_usable(found.coupon_set)  # raises the refusal, unless it just ended
             return None
         if row is _CLAIM_SINGLY:
             async with pool.acquire() as connection, _discarded_if_broken(connection):
@@ -363,20 +363,18 @@ async def assign_autocommit(
             found = await _lookup(connection, set_ref, pool_name)
             if found is None:
                 return None
-            coupon_set = _set_of(found)
-            ensure_usable(coupon_set)
+            ensure_usable(found.coupon_set)
             row = await _claim_single(connection, found, data, actor)
     if row is None:
         return None
     claimed = SimpleNamespace(**row)
-    pool_id: uuid.UUID = found["pool_id"]
     if claimed.created:
-        _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), claimed.id)
+        _scan_hint[found.pool_id] = max(_scan_hint.get(found.pool_id, 0), claimed.id)
     public = _public(
-        coupon_set,
+        found.coupon_set,
         claimed,
         code=claimed.code,
-        pool=found["pool_name"],
+        pool=found.pool_name,
         recipient_id=data.recipient_id,
     )
     return public, bool(claimed.created)
