@@ -103,7 +103,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.driver_pool = await create_driver_pool(settings, database_url)
         app.state.claim_coalescer = (
-            ClaimCoalescer(app.state.driver_pool) if settings.coalesce_claims else None
+            ClaimCoalescer(app.state.driver_pool, max_in_flight=settings.coalesce_in_flight)
+            if settings.coalesce_claims
+            else None
         )
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     confirm_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
     # Concurrent assignments of one pool are claimed together, one statement per batch.
     coalesce_claims: bool = True
+    # Batches of one pool in flight at once per process (more: less waiting, smaller
+    # batches).
+    coalesce_in_flight: int = Field(default=1, ge=1, le=16)
     # Plain assignments are answered by a lean ASGI layer instead of the FastAPI route.
     assign_fast_path: bool = True
     redeem_rate_limit: str = Field(

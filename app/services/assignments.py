@@ -205,11 +205,14 @@ class ClaimCoalescer:
     statement for one of its recipients, the batch's requests claim one by one
     instead; any other failure fails every request of its batch with that error."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 64) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 64, max_in_flight: int = 1) -> None:
         self._pool = pool
         self._max_batch = max_batch
-        # By the set reference and pool name as the requests spell them.
+        self._max_in_flight = max_in_flight
+        # By the set reference and pool name as the requests spell them: the requests
+        # waiting, and how many batches are in flight.
         self._queues: dict[tuple[str, str], list[_Claim]] = {}
+        self._running: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def claim(
@@ -220,11 +223,11 @@ class ClaimCoalescer:
         it, ``_UNUSABLE`` or ``_CLAIM_SINGLY``."""
         claim = _Claim(data, actor)
         key = (set_ref, pool_name)
-        queue = self._queues.get(key)
-        if queue is not None:
-            queue.append(claim)  # a batch of this pool is in flight; the next takes it
-        else:
-            self._queues[key] = [claim]
+        self._queues.setdefault(key, []).append(claim)
+        running = self._running.get(key, 0)
+        if running < self._max_in_flight:
+            # Otherwise a batch in flight takes it next, when it returns.
+            self._running[key] = running + 1
             task = asyncio.create_task(self._drain(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -249,10 +252,12 @@ class ClaimCoalescer:
                 if batch:
                     await self._run_batch(key, batch)
         finally:
-            del self._queues[key]
-            for claim in queue:  # only if this task itself was cancelled (shutdown)
-                if not claim.future.done():
-                    claim.future.set_result((None, None))  # the transactional path
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key], self._queues[key]
+                for claim in queue:  # only if this task itself was cancelled (shutdown)
+                    if not claim.future.done():
+                        claim.future.set_result((None, None))  # the transactional path
 
     async def _run_batch(self, key: tuple[str, str], batch: list[_Claim]) -> None:
         try:
