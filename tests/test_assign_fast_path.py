@@ -4,6 +4,7 @@ Each request is sent twice: to the app (lean path on) and to an app on the same
 database with the lean path off, which always takes the route. Status, headers (but
 the request id) and body (but the request id) must be the same."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
-from app.services import assignments
+from app.services import api_keys, assignments
 from app.settings import Settings
 from tests.conftest import make_client
 from tests.helpers import add_codes, create_set
@@ -240,3 +241,33 @@ async def test_metrics_count_the_lean_answers(client: httpx.AsyncClient) -> None
         and 'status="2xx"' in line
     )
     assert float(line.rsplit(" ", 1)[1]) >= 3
+
+
+async def test_uncached_and_revoked_keys(
+    app: FastAPI,
+    route_app: FastAPI,
+    client: httpx.AsyncClient,
+    key_client: Callable[..., Any],
+    route_calls: list[str],
+) -> None:
+    await create_set(client, key="spring")
+    await add_codes(client, "spring", ["C-1", "C-2"])
+    assigner: httpx.AsyncClient = await key_client("assign")
+    secret = assigner.headers["Authorization"].removeprefix("Bearer ")
+    api_keys._cache.clear()
+    route_calls.clear()
+    # An uncached key is looked up by the lean path itself, once for concurrent requests.
+    answers = await asyncio.gather(
+        *(_post(assigner, "spring", {"recipient_id": "dan"}) for _ in range(5))
+    )
+    assert sorted(r.status_code for r in answers) == [200, 200, 200, 200, 201]
+    assert route_calls == []
+    key_id = next(
+        k["id"] for k in (await client.get("/v1/api-keys")).json()["items"] if k["name"] == "t"
+    )
+    assert (await client.delete(f"/v1/api-keys/{key_id}")).status_code == 204
+    async with make_client(route_app, secret=secret) as route:
+        revoked = await _post(assigner, "spring", {"recipient_id": "eve"})
+        assert revoked.status_code == 401
+        assert_same(revoked, await _post(route, "spring", {"recipient_id": "eve"}))
+    await assigner.aclose()
