@@ -105,7 +105,7 @@ class AssignFastPath:
                 break
         try:
             data = AssignmentCreate.model_validate(json.loads(b"".join(chunks)))
-        except ValueError:  # invalid JSON, or a pydantic ValidationError
+        except Exception:  # invalid JSON (even too deeply nested), or a ValidationError
             await self.app(scope, _replay(messages, receive), send)
             return
         try:

@@ -123,6 +123,8 @@ async def test_a_set_by_id_and_a_named_pool_take_the_lean_path(
         ("spring", {"recipient_id": "carol"}, {"Authorization": "Bearer nope"}),
         ("spring", {"recipient_id": "carol"}, {"Authorization": "Basic abc"}),
         ("spring", b"{not json", {}),
+        ("spring", b"[" * 50_000, {}),
+        ("spring", b"\xff\xfe", {}),
         ("spring", b"", {}),
         ("spring", b"[]", {}),
         ("spring", {}, {}),
