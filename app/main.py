@@ -14,6 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__
+from app.assign_fast_path import AssignFastPath
 from app.db import create_driver_pool, create_engine, create_sessionmaker
 from app.errors import Problem, install_error_handlers
 from app.limits import BodySizeLimitMiddleware
@@ -34,6 +35,7 @@ from app.routers import (
 )
 from app.services import api_keys as api_key_service
 from app.services import imports as import_service
+from app.services.assignments import ClaimCoalescer
 from app.services.deliveries import Confirmations
 from app.settings import Settings, redact_url
 
@@ -104,6 +106,11 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.driver_pool = await create_driver_pool(settings, database_url)
+        app.state.claim_coalescer = (
+            ClaimCoalescer(app.state.driver_pool, max_in_flight=settings.coalesce_in_flight)
+            if settings.coalesce_claims
+            else None
+        )
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)
         app.state.confirmations = Confirmations(
@@ -154,6 +161,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     Instrumentator(excluded_handlers=["/metrics"], registry=app.state.metrics_registry).instrument(
         app
     )
+    if settings.assign_fast_path:
+        # Just outside the metrics middleware, which it feeds itself (see the module).
+        app.add_middleware(AssignFastPath, max_bytes=settings.max_body_bytes)
     # Outermost, so every log line of the request and every response carry the id.
     app.add_middleware(
         BodySizeLimitMiddleware,

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     confirm_workers: int = Field(default=2, ge=1, le=16)
     # Import uploads are streamed, never held whole, so their bound is a policy, not memory.
     max_upload_bytes: int = Field(default=209_715_200, ge=1024)
+    # Concurrent assignments of one pool are claimed together, one statement per batch.
+    coalesce_claims: bool = True
+    # Batches of one pool in flight at once per process (more: less waiting, smaller
+    # batches).
+    coalesce_in_flight: int = Field(default=1, ge=1, le=16)
+    # Plain assignments are answered by a lean ASGI layer instead of the FastAPI route.
+    assign_fast_path: bool = True
     redeem_rate_limit: str = Field(
         default="100/second",
         description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",

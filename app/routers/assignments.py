@@ -3,7 +3,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from app.auth import AssignKey, ReadKey
 from app.db import DriverPool, Session
@@ -21,6 +21,14 @@ from app.models.assignment import AssignmentCreate, AssignmentPage, AssignmentPu
 from app.pagination import PageQuery, next_id_cursor
 from app.routers.coupon_sets import CouponSetRef, SetRef
 from app.services import assignments
+
+
+async def _coalescer(request: Request) -> assignments.ClaimCoalescer | None:
+    coalescer: assignments.ClaimCoalescer | None = request.app.state.claim_coalescer
+    return coalescer
+
+
+Coalescer = Annotated[assignments.ClaimCoalescer | None, Depends(_coalescer)]
 
 router = APIRouter(
     prefix="/v1/coupon-sets/{set_id}/assignments",
@@ -53,10 +61,17 @@ async def assign_code(
     response: Response,
     key: IdempotencyKey,
     plain_pool: DriverPool,
+    coalescer: Coalescer,
 ) -> AssignmentPublic:
     # The hot path: the service finds the set and pool itself, in one query.
     assignment, created = await assignments.assign(
-        session, set_ref=set_id, data=body, actor=_, idempotency_key=key, plain_pool=plain_pool
+        session,
+        set_ref=set_id,
+        data=body,
+        actor=_,
+        idempotency_key=key,
+        plain_pool=plain_pool,
+        coalescer=coalescer,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

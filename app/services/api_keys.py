@@ -3,12 +3,14 @@
 Keys are bearer secrets of 256 random bits, so a plain SHA-256 is a safe way to store
 them (there is no dictionary to attack) and lets a request find its key by index."""
 
+import asyncio
 import hashlib
 import secrets
 import time
 import uuid
 from datetime import UTC, datetime
 
+import asyncpg
 from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,23 +55,69 @@ def _snapshot(key: ApiKey) -> ApiKey:
     return ApiKey(**{name: getattr(key, name) for name in columns})
 
 
-async def find_active(session: AsyncSession, *, secret: str) -> ApiKey | None:
-    digest = hash_secret(secret)
-    now = time.monotonic()
-    cached = _cache.get(digest)
-    if cached is not None and cached[0] > now:
+def cached_active(secret: str) -> ApiKey | None:
+    """The key of ``secret`` when the cache remembers it as active, else None (which
+    says nothing: ``find_active`` asks the database)."""
+    cached = _cache.get(hash_secret(secret))
+    if cached is not None and cached[0] > time.monotonic():
         key = cached[1]
         if key.expires_at is None or key.expires_at > datetime.now(UTC):
             return key
-    stmt = select(ApiKey).where(ApiKey.secret_sha256 == digest, *_active())
-    found = (await session.execute(stmt)).scalar_one_or_none()
-    if found is None:
+    return None
+
+
+# Lookups of uncached keys on the plain pool in flight, by digest: when a key's cache
+# entry expires under load, the requests that find it expired share one query.
+_lookups: dict[str, asyncio.Task[ApiKey | None]] = {}
+_FIND_PLAIN = (
+    f"SELECT {', '.join(ApiKey.__table__.columns.keys())} FROM api_keys "  # noqa: S608 (the model's column names)
+    "WHERE secret_sha256 = $1 AND revoked_at IS NULL "
+    "AND (expires_at IS NULL OR expires_at > now())"
+)
+
+
+async def find_active_plain(pool: asyncpg.Pool, *, secret: str) -> ApiKey | None:
+    """``find_active`` on a plain asyncpg pool (the lean assignment path): the same
+    query and the same cache."""
+    if (key := cached_active(secret)) is not None:
+        return key
+    digest = hash_secret(secret)
+    lookup = _lookups.get(digest)
+    if lookup is None:
+        lookup = asyncio.create_task(_find_plain(pool, digest))
+        _lookups[digest] = lookup
+        lookup.add_done_callback(lambda _: _lookups.pop(digest, None))
+    # Shielded: a request that goes away does not cancel the others' lookup.
+    return await asyncio.shield(lookup)
+
+
+async def _find_plain(pool: asyncpg.Pool, digest: str) -> ApiKey | None:
+    now = time.monotonic()
+    async with pool.acquire() as connection:
+        found = await connection.fetchrow(_FIND_PLAIN, digest)
+    key = None if found is None else ApiKey(**dict(found))
+    _remember(digest, key, now)
+    return key
+
+
+def _remember(digest: str, key: ApiKey | None, now: float) -> None:
+    if key is None:
         _cache.pop(digest, None)
-        return None
+        return
     if len(_cache) >= _CACHE_SIZE:
         _cache.clear()
-    snapshot = _snapshot(found)
-    _cache[digest] = (now + CACHE_SECONDS, snapshot)
+    _cache[digest] = (now + CACHE_SECONDS, key)
+
+
+async def find_active(session: AsyncSession, *, secret: str) -> ApiKey | None:
+    if (key := cached_active(secret)) is not None:
+        return key
+    digest = hash_secret(secret)
+    now = time.monotonic()
+    stmt = select(ApiKey).where(ApiKey.secret_sha256 == digest, *_active())
+    found = (await session.execute(stmt)).scalar_one_or_none()
+    snapshot = None if found is None else _snapshot(found)
+    _remember(digest, snapshot, now)
     return snapshot
 
 

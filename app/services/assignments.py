@@ -5,12 +5,13 @@ Unique sets: a claim takes one free code of the pool with ``FOR UPDATE SKIP LOCK
 recipient on it, in the same statement as its audit row. Shared sets: a row in
 ``shared_assignments``."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy import and_, func, select, text
@@ -18,7 +19,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Expired, NotFound, NotYetValid, PoolExhausted, SetArchived, sqlstate
+from app.errors import (
+    AppError,
+    Expired,
+    NotFound,
+    NotYetValid,
+    PoolExhausted,
+    SetArchived,
+    sqlstate,
+)
 from app.models.api_key import ApiKey
 from app.models.assignment import AssignmentCreate, AssignmentPublic, SharedAssignment
 from app.models.audit import AuditAction
@@ -132,59 +141,245 @@ async def _set_and_pool(
     return row[0], row[1]
 
 
-async def _assign_autocommit(
-    pool: asyncpg.Pool, *, set_ref: str, data: AssignmentCreate, actor: ApiKey
+class _Claim:
+    """One request's place in a coalesced batch: its arguments and its answer."""
+
+    __slots__ = ("address", "api_key_id", "channel", "delivery_id", "future", "recipient_id")
+
+    def __init__(self, data: AssignmentCreate, actor: ApiKey) -> None:
+        self.recipient_id = data.recipient_id
+        self.address = data.address
+        self.channel = data.channel.value if data.channel else None
+        self.delivery_id = data.delivery_id
+        self.api_key_id = actor.id
+        self.future: asyncio.Future[tuple[_Target | None, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+
+# A batch's answers besides a claim's row or None (no code left for it):
+_CLAIM_SINGLY = object()  # claim alone (see ClaimCoalescer._run_batch)
+_UNUSABLE = object()  # the set refused the claim (archived, outside its validity)
+# One call claims for all of a batch: claim_codes() (migration 0006).
+_CLAIM_MANY = "SELECT * FROM claim_codes($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+
+class _Target(NamedTuple):
+    """The set and pool a claim is for, built once per lookup (shared by a batch)."""
+
+    coupon_set: CouponSet
+    pool_id: uuid.UUID
+    pool_name: str
+
+
+async def _lookup(connection: asyncpg.Connection, set_ref: str, pool_name: str) -> _Target | None:
+    """The set and pool of a claim, or None when this is not the fast path's case (an
+    unknown set or pool, a shared set)."""
+    set_id = parse_id(set_ref)
+    found = await connection.fetchrow(_BY_ID if set_id else _BY_KEY, set_id or set_ref, pool_name)
+    if found is None or found["kind"] != SetKind.unique or found["pool_id"] is None:
+        return None
+    coupon_set = CouponSet(
+        id=found["id"],
+        key=found["key"],
+        kind=found["kind"],
+        status=found["status"],
+        valid_from=found["valid_from"],
+        valid_until=found["valid_until"],
+    )
+    return _Target(coupon_set, found["pool_id"], found["pool_name"])
+
+
+class ClaimCoalescer:
+    """Coalesces the concurrent claims of one pool: while a batch of the pool is in
+    flight, new requests wait in the pool's queue; when it returns, the next batch
+    serves all of them on one connection with one lookup of the set and pool and one
+    ``claim_codes()`` call (one statement, so one transaction and one commit). A
+    request arriving at an idle pool is sent at once, so this adds no wait without
+    load, and every request is served by a lookup that started after it arrived. The
+    statement takes the recipients' advisory locks in sorted order (no deadlock between
+    batches), gives held codes back, and pairs the others with free codes taken
+    ``FOR UPDATE SKIP LOCKED`` by row number: the same guarantees as ``claim_code()``,
+    for many recipients. A recipient repeated in a batch waits for the next one;
+    ``additional`` claims are not coalesced. When a delivery's confirm races the
+    statement for one of its recipients, the batch's requests claim one by one
+    instead; any other failure fails every request of its batch with that error."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 64, max_in_flight: int = 1) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        # By the set reference and pool name as the requests spell them: the requests
+        # waiting, and how many batches are in flight.
+        self._queues: dict[tuple[str, str], list[_Claim]] = {}
+        self._running: dict[tuple[str, str], int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def claim(
+        self, *, set_ref: str, pool_name: str, data: AssignmentCreate, actor: ApiKey
+    ) -> tuple[_Target | None, Any]:
+        """The set and pool found (None: not the fast path's case) and the claim's row
+        (its ``created`` says whether it is new), None when the pool had no code for
+        it, ``_UNUSABLE`` or ``_CLAIM_SINGLY``."""
+        claim = _Claim(data, actor)
+        key = (set_ref, pool_name)
+        self._queues.setdefault(key, []).append(claim)
+        running = self._running.get(key, 0)
+        if running < self._max_in_flight:
+            # Otherwise a batch in flight takes it next, when it returns.
+            self._running[key] = running + 1
+            task = asyncio.create_task(self._drain(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await claim.future
+
+    async def _drain(self, key: tuple[str, str]) -> None:
+        queue = self._queues[key]
+        try:
+            while queue:
+                batch: list[_Claim] = []
+                later: list[_Claim] = []
+                seen: set[str] = set()
+                for claim in queue:
+                    if claim.future.done():
+                        continue  # its request was cancelled
+                    if claim.recipient_id in seen or len(batch) >= self._max_batch:
+                        later.append(claim)
+                    else:
+                        seen.add(claim.recipient_id)
+                        batch.append(claim)
+                queue[:] = later
+                if batch:
+                    await self._run_batch(key, batch)
+        finally:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key], self._queues[key]
+                for claim in queue:  # only if this task itself was cancelled (shutdown)
+                    if not claim.future.done():
+                        claim.future.set_result((None, None))  # the transactional path
+
+    async def _run_batch(self, key: tuple[str, str], batch: list[_Claim]) -> None:
+        try:
+            answers = await self._execute(*key, batch)
+        except BaseException as exc:
+            for claim in batch:
+                if not claim.future.done():
+                    claim.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for claim, answer in zip(batch, answers, strict=True):
+            if not claim.future.done():
+                claim.future.set_result(answer)
+
+    async def _execute(
+        self, set_ref: str, pool_name: str, batch: list[_Claim]
+    ) -> list[tuple[_Target | None, Any]]:
+        async with self._pool.acquire() as connection, _discarded_if_broken(connection):
+            found = await _lookup(connection, set_ref, pool_name)
+            if found is None:
+                return [(None, None)] * len(batch)
+            try:
+                ensure_usable(found.coupon_set)
+            except AppError:
+                return [(found, _UNUSABLE)] * len(batch)
+            pool_id = found.pool_id
+            try:
+                rows = await connection.fetch(
+                    _CLAIM_MANY,
+                    found.coupon_set.id,
+                    pool_id,
+                    found.pool_name,
+                    [c.recipient_id for c in batch],
+                    [c.address for c in batch],
+                    [c.channel for c in batch],
+                    [c.delivery_id for c in batch],
+                    [c.api_key_id for c in batch],
+                    _scan_hint.get(pool_id, 0),
+                )
+            except (
+                asyncpg.UniqueViolationError,
+                asyncpg.LockNotAvailableError,
+                asyncpg.DeadlockDetectedError,
+            ):
+                # A delivery's confirm is giving one of them a code: the statement hit
+                # its entry in uq_codes_recipient, or gave up waiting for it (migration
+                # 0006). Each claims alone then, and finds that code or waits for it.
+                return [(found, _CLAIM_SINGLY)] * len(batch)
+        by_ord = {row["ord"]: row for row in rows}
+        created = [row["id"] for row in rows if row["created"]]
+        if created:
+            _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), *created)
+        return [(found, by_ord.get(n)) for n in range(1, len(batch) + 1)]
+
+
+async def _claim_single(
+    connection: asyncpg.Connection, found: _Target, data: AssignmentCreate, actor: ApiKey
+) -> Any:
+    args = (
+        found.coupon_set.id,
+        found.pool_id,
+        found.pool_name,
+        data.recipient_id,
+        data.address,
+        data.channel.value if data.channel else None,
+        data.delivery_id,
+        data.additional,
+        actor.id,
+    )
+    try:
+        return await connection.fetchrow(_CLAIM_PLAIN, *args, _scan_hint.get(args[1], 0))
+    except asyncpg.UniqueViolationError:
+        # A delivery's confirm gave this recipient a code of the pool meanwhile (it
+        # does not take the recipient lock): the claim, run again, finds that code.
+        return await connection.fetchrow(_CLAIM_PLAIN, *args, _scan_hint.get(args[1], 0))
+
+
+async def assign_autocommit(
+    pool: asyncpg.Pool,
+    *,
+    set_ref: str,
+    data: AssignmentCreate,
+    actor: ApiKey,
+    coalescer: ClaimCoalescer | None = None,
 ) -> tuple[AssignmentPublic, bool] | None:
     """The common case in two round trips on a plain connection, without a transaction
     of its own: ``claim_code()`` is one statement, so it commits alone and atomically.
+    With a ``coalescer`` the lookup and the claim join the pool's next batch instead.
     None when this is not the common case (a shared set, an empty pool, an unknown
     set or pool): the caller then takes the transactional path, which explains it."""
     pool_name = data.pool or DEFAULT_POOL
-    set_id = parse_id(set_ref)
-    async with pool.acquire() as connection, _discarded_if_broken(connection):
-        found = await connection.fetchrow(
-            _BY_ID if set_id else _BY_KEY, set_id or set_ref, pool_name
+    row: Any
+    if coalescer is not None and not data.additional:
+        found, row = await coalescer.claim(
+            set_ref=set_ref, pool_name=pool_name, data=data, actor=actor
         )
-        if found is None or found["kind"] != SetKind.unique or found["pool_id"] is None:
+        if found is None:
             return None
-        coupon_set = CouponSet(
-            id=found["id"],
-            key=found["key"],
-            kind=found["kind"],
-            status=found["status"],
-            valid_from=found["valid_from"],
-            valid_until=found["valid_until"],
-        )
-        ensure_usable(coupon_set)
-        pool_id: uuid.UUID = found["pool_id"]
-        args = (
-            coupon_set.id,
-            pool_id,
-            found["pool_name"],
-            data.recipient_id,
-            data.address,
-            data.channel.value if data.channel else None,
-            data.delivery_id,
-            data.additional,
-            actor.id,
-            _scan_hint.get(pool_id, 0),
-        )
-        try:
-            row = await connection.fetchrow(_CLAIM_PLAIN, *args)
-        except asyncpg.UniqueViolationError:
-            # A delivery's confirm gave this recipient a code of the pool meanwhile (it
-            # does not take the recipient lock): the claim, run again, finds that code.
-            row = await connection.fetchrow(_CLAIM_PLAIN, *args)
+        if row is _UNUSABLE:
+            ensure_usable(found.coupon_set)  # raises the refusal, unless it just ended
+            return None
+        if row is _CLAIM_SINGLY:
+            async with pool.acquire() as connection, _discarded_if_broken(connection):
+                row = await _claim_single(connection, found, data, actor)
+    else:
+        async with pool.acquire() as connection, _discarded_if_broken(connection):
+            found = await _lookup(connection, set_ref, pool_name)
+            if found is None:
+                return None
+            ensure_usable(found.coupon_set)
+            row = await _claim_single(connection, found, data, actor)
     if row is None:
         return None
     claimed = SimpleNamespace(**row)
     if claimed.created:
-        _scan_hint[pool_id] = max(_scan_hint.get(pool_id, 0), claimed.id)
+        _scan_hint[found.pool_id] = max(_scan_hint.get(found.pool_id, 0), claimed.id)
     public = _public(
-        coupon_set,
+        found.coupon_set,
         claimed,
         code=claimed.code,
-        pool=found["pool_name"],
+        pool=found.pool_name,
         recipient_id=data.recipient_id,
     )
     return public, bool(claimed.created)
@@ -192,7 +387,7 @@ async def _assign_autocommit(
 
 async def _claim_in_savepoint(session: AsyncSession, params: dict[str, Any]) -> Any:
     """The claim, run again if a delivery's confirm gave the recipient a code meanwhile
-    (see ``_assign_autocommit``); the savepoint keeps the transaction usable."""
+    (see ``assign_autocommit``); the savepoint keeps the transaction usable."""
     for attempt in (1, 2):
         try:
             async with session.begin_nested():
@@ -211,6 +406,7 @@ async def assign(
     actor: ApiKey,
     idempotency_key: str | None,
     plain_pool: asyncpg.Pool | None = None,
+    coalescer: ClaimCoalescer | None = None,
 ) -> tuple[AssignmentPublic, bool]:
     """The recipient's code and whether it is new (False: they held it already).
 
@@ -218,7 +414,9 @@ async def assign(
     an Idempotency-Key never does, because its stored response must commit in the same
     transaction as the claim."""
     if plain_pool is not None and idempotency_key is None:
-        fast = await _assign_autocommit(plain_pool, set_ref=set_ref, data=data, actor=actor)
+        fast = await assign_autocommit(
+            plain_pool, set_ref=set_ref, data=data, actor=actor, coalescer=coalescer
+        )
         if fast is not None:
             return fast
     coupon_set, pool = await _set_and_pool(session, set_ref, data.pool or DEFAULT_POOL)
