@@ -10,11 +10,10 @@ from a clean state and never gives anyone a second code. The messages can only b
 exported once the delivery is ``finished``, so a code taken back was never sent."""
 
 import asyncio
-import codecs
 import contextlib
-import csv
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, decode_id_cursor, paginate
 from app.services import coupon_sets, pools
 from app.services.assignments import ensure_usable
+from app.services.import_files import MAX_RECORD_CHARS, CsvReader, Row
 from app.services.templates import Compiled
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ EDITABLE = (DeliveryStatus.draft, DeliveryStatus.analyzed)
 BATCH = 20_000
 INSERT_BATCH = 5_000
 MAX_FIELDS_JSON = 16_384
-MAX_RECORD_CHARS = 65_536
 PLACEHOLDER = "[coupon code: assigned at confirm]"
 
 
@@ -344,21 +343,29 @@ def _csv_row_error(row: Mapping[str, str | None]) -> str | None:
     return None
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Decoded text lines of a UTF-8 body (a BOM is dropped), never the whole body."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
-    pending = ""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refusal(reason: str) -> str:
+    """The reader's refusals of a record (app/services/import_files.py), as this list
+    reports them: both kinds of a quote left open are an unbalanced quote here."""
+    if reason == "unbalanced quote":
+        return f"unbalanced quotes: no record ends within {MAX_RECORD_CHARS} characters"
+    if reason.endswith("unexpected end of data"):
+        return "unbalanced quotes: the field is never closed"
+    return reason
+
+
+async def _csv_rows(chunks: AsyncIterator[bytes]) -> AsyncIterator[Row]:
+    """The records of a UTF-8 CSV (a BOM is dropped) as they arrive, never the whole
+    body; the import reader cuts them, so quoted line breaks and open quotes are
+    handled as for imports. Column counts are checked by the caller against the header."""
+    reader = CsvReader(encoding="utf-8", delimiter=",", quotechar='"', header=False, ragged=True)
     async for chunk in chunks:
-        try:
-            pending += decoder.decode(chunk)
-        except UnicodeDecodeError:
-            raise ValidationFailed("The CSV is not valid UTF-8.") from None
-        *complete, pending = pending.split("\n")
-        for line in complete:
-            yield line + "\n"
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
+        for row in reader.feed(chunk):
+            yield row
+    for row in reader.close():
+        yield row
 
 
 async def add_targets_csv(
@@ -369,23 +376,16 @@ async def add_targets_csv(
     delivery = await _start_adding(session, delivery_id)
     batch = _Batch(rows=[])
     errors: list[RejectedRow] = []
-    buffered: list[str] = []
     header: list[str] | None = None
-    line_number = 0
-    pending_size = 0
+
+    def reject(line: int, recipient_id: str | None, reason: str) -> None:
+        batch.rejected += 1
+        errors.append(RejectedRow(line=line, recipient_id=recipient_id, reason=reason))
 
     def handle(record: list[str], line: int) -> None:
         assert header is not None
-        batch.received += 1
         if len(record) != len(header):
-            batch.rejected += 1
-            errors.append(
-                RejectedRow(
-                    line=line,
-                    recipient_id=None,
-                    reason=f"{len(record)} columns where the header has {len(header)}",
-                )
-            )
+            reject(line, None, f"{len(record)} columns where the header has {len(header)}")
             return
         row = dict(zip(header, record, strict=True))
         reason = _csv_row_error(row)
@@ -393,51 +393,21 @@ async def add_targets_csv(
             extra = {k: v for k, v in row.items() if k not in ("recipient_id", "address")}
             reason = _fields_error(extra)
         if reason:
-            batch.rejected += 1
             shown = (row.get("recipient_id") or "")[:200].replace("\x00", "\ufffd")
-            errors.append(RejectedRow(line=line, recipient_id=shown or None, reason=reason))
+            reject(line, shown or None, reason)
             return
-        recipient_id = (row["recipient_id"] or "").strip()
         # Repeats within the file are found by the insert (first one kept), like
         # targets already in the list: no set of every id seen is kept in memory.
         address = (row.get("address") or "").strip() or None
-        batch.rows.append((recipient_id, address, json.dumps(extra, ensure_ascii=False)))
+        batch.rows.append(
+            (row["recipient_id"].strip(), address, json.dumps(extra, ensure_ascii=False))
+        )
 
-    async for line in _lines(chunks):
-        line_number += 1
-        buffered.append(line)
-        pending_size += len(line)
-        # A quoted field can span lines: parse once the quotes balance. A quote that is
-        # never closed would swallow the rest of the file, so a record is bounded.
-        if "".join(buffered).count('"') % 2:
-            if pending_size > MAX_RECORD_CHARS:
-                batch.received += 1
-                batch.rejected += 1
-                errors.append(
-                    RejectedRow(
-                        line=line_number - len(buffered) + 1,
-                        recipient_id=None,
-                        reason=f"unbalanced quotes: no record ends within {MAX_RECORD_CHARS} "
-                        "characters",
-                    )
-                )
-                buffered, pending_size = [], 0
-            continue
-        pending_size = 0
-        text_ = "".join(buffered)
-        first_line = line_number - len(buffered) + 1
-        buffered = []
-        if not text_.strip():
-            continue
-        try:
-            record = next(csv.reader([text_]))
-        except csv.Error as exc:
-            batch.received += 1
-            batch.rejected += 1
-            errors.append(RejectedRow(line=first_line, recipient_id=None, reason=str(exc)))
-            continue
-        if header is None:
-            header = [name.strip() for name in record]
+    async for row in _csv_rows(chunks):
+        if any(_SURROGATE.search(cell) for cell in row.values):
+            raise ValidationFailed("The CSV is not valid UTF-8.")
+        if header is None and row.reason is None:
+            header = [name.strip() for name in row.values]
             if "recipient_id" not in header:
                 raise ValidationFailed(
                     "The CSV header needs a recipient_id column (and may have address and "
@@ -447,19 +417,13 @@ async def add_targets_csv(
             if len(set(header)) != len(header):
                 raise ValidationFailed("The CSV header names a column twice.")
             continue
-        handle(record, first_line)
+        batch.received += 1
+        if row.reason is not None:
+            reject(row.line, None, _refusal(row.reason))
+            continue
+        handle(row.values, row.line)
         if len(batch.rows) >= INSERT_BATCH:
             await _flush_targets(session, delivery, batch)
-    if buffered:
-        batch.received += 1
-        batch.rejected += 1
-        errors.append(
-            RejectedRow(
-                line=line_number - len(buffered) + 1,
-                recipient_id=None,
-                reason="unbalanced quotes: the field is never closed",
-            )
-        )
     if header is None:
         raise ValidationFailed("The CSV is empty: it needs a header with recipient_id.")
     return await _finish_adding(session, delivery, batch, errors)

@@ -113,6 +113,7 @@ class CsvReader:
         self._quote = quotechar
         self._format = {"delimiter": delimiter, "quotechar": quotechar, "strict": True}
         self._text = ""  # text after the last complete record
+        self._skipping = False  # dropping a refused line up to its end
         self._line = 0  # lines handed to the csv reader so far
         self._want_header = header
         self._ragged = ragged  # rows may have any number of cells (redemption files)
@@ -136,16 +137,27 @@ class CsvReader:
         rows: list[Row] = []
         text = self._text + text
         while True:
-            cut = len(text) if final else self._boundary(text)
-            if cut or final or len(text) <= MAX_RECORD_CHARS:
+            if self._skipping:  # the rest of a refused line
+                end = text.find("\n")
+                if end < 0:
+                    text = ""
+                    break
+                text, self._skipping = text[end + 1 :], False
+            cut = self._boundary(text)
+            if cut:
+                rows += self._parse(text[:cut])
+                text = text[cut:]
+            if len(text) <= MAX_RECORD_CHARS:
                 break
-            first = text.find("\n") + 1
+            # No record ends within the bound (an unbalanced quote, or a line without
+            # end): its first line is refused and reading resumes after it.
             self._line += 1
             rows.append(Row(self._line, reason="unbalanced quote"))
-            text = text[first:]
-        self._text = text[cut:]
-        if cut:
-            rows += self._parse(text[:cut])
+            self._skipping = True
+        if final and text:
+            rows += self._parse(text)
+            text = ""
+        self._text = text
         return rows
 
     def _parse(self, text: str) -> list[Row]:
