@@ -440,20 +440,17 @@ class _Plan:
     holding: int
 
 
+# Targets (up to the limit's last one) who already hold a primary code of the pool
+# ($3 = pool id) or, for a shared set, the shared code ($3 = set id).
 _HOLDING = """
     SELECT count(*) FROM delivery_recipients dr
     WHERE dr.delivery_id = $1 AND dr.seq <= $2
-      AND EXISTS (SELECT 1 FROM codes c
-                  WHERE c.pool_id = $3 AND c.recipient_id = dr.recipient_id
-                    AND NOT c.additional)
+      AND EXISTS (SELECT 1 FROM {table} h
+                  WHERE h.{owner} = $3 AND h.recipient_id = dr.recipient_id
+                    AND NOT h.additional)
 """
-_HOLDING_SHARED = """
-    SELECT count(*) FROM delivery_recipients dr
-    WHERE dr.delivery_id = $1 AND dr.seq <= $2
-      AND EXISTS (SELECT 1 FROM shared_assignments a
-                  WHERE a.set_id = $3 AND a.recipient_id = dr.recipient_id
-                    AND NOT a.additional)
-"""
+_HOLDING_CODE = _HOLDING.format(table="codes", owner="pool_id")
+_HOLDING_SHARED = _HOLDING.format(table="shared_assignments", owner="set_id")
 # Free codes per pool of the set; a free code held at a checkout is not free.
 _FREE = """
     SELECT p.id, p.name, count(c.id) AS available
@@ -476,11 +473,7 @@ async def driver(session: AsyncSession) -> asyncpg.Connection:
 
 
 async def _plan(connection: asyncpg.Connection, delivery: Delivery) -> _Plan:
-    targets = int(
-        await connection.fetchval(
-            "SELECT count(*) FROM delivery_recipients WHERE delivery_id = $1", delivery.id
-        )
-    )
+    targets = delivery.recipient_count  # kept with the list, under the delivery's lock
     limit = delivery.message_limit
     messages = targets if limit is None else min(limit, targets)
     last_seq = 0
@@ -498,7 +491,7 @@ async def _plan(connection: asyncpg.Connection, delivery: Delivery) -> _Plan:
             _HOLDING_SHARED, delivery.id, last_seq, delivery.coupon_set_id
         )
     else:
-        holding = await connection.fetchval(_HOLDING, delivery.id, last_seq, delivery.pool_id)
+        holding = await connection.fetchval(_HOLDING_CODE, delivery.id, last_seq, delivery.pool_id)
     return _Plan(targets=targets, messages=messages, last_seq=last_seq, holding=int(holding))
 
 
