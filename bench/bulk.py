@@ -18,7 +18,6 @@ server (bench/export.py: 1,000,000 codes exported as CSV over HTTP against one p
 sections of docs/benchmarks.md. Takes about 3 minutes."""
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import secrets
@@ -26,9 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from bench.assign import SERVICE_DB, Interrupted, Service, service
 from bench.harness import (
     ROOT,
     Cpu,
+    MemorySampler,
     Server,
     background_load,
     connect,
@@ -135,41 +133,6 @@ def psql_copy(server: Server, csv_path: Path) -> tuple[float, Cpu, int]:
     return seconds, cpu, rows
 
 
-def _tree_rss_kb(root: int) -> int:
-    """Resident memory of ``root`` and its descendants (uvicorn workers), in KiB."""
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            todo.extend(int(child) for child in children)
-    return total
-
-
-@contextlib.contextmanager
-def peak_rss(pid: int) -> Iterator[dict[str, int]]:
-    """The highest resident memory of the process tree while the block runs (20 samples
-    a second), and before it."""
-    found = {"before_kb": _tree_rss_kb(pid), "peak_kb": 0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            found["peak_kb"] = max(found["peak_kb"], _tree_rss_kb(pid))
-            stop.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield found
-    finally:
-        stop.set()
-        sampler.join()
-
-
 @dataclass
 class Upload:
     seconds: float
@@ -184,7 +147,7 @@ class Upload:
 def upload(svc: Service, server: Server, set_key: str, csv_path: Path) -> Upload:
     """POST the file and wait for the job to succeed; timed from the first byte sent."""
     path = f"/v1/coupon-sets/{set_key}/imports"
-    with peak_rss(svc.proc.pid) as rss, measure_cpu(server.postmaster, svc.proc.pid) as cpu:
+    with MemorySampler(svc.proc.pid) as rss, measure_cpu(server.postmaster, svc.proc.pid) as cpu:
         began = time.monotonic()
         with csv_path.open("rb") as file:
             response = svc.http.post(path, files={"file": ("codes.csv", file, "text/csv")})
@@ -203,8 +166,8 @@ def upload(svc: Service, server: Server, set_key: str, csv_path: Path) -> Upload
         answered=answered,
         status=response.status_code,
         job=job,
-        rss_before_mb=rss["before_kb"] / 1024,
-        rss_peak_mb=rss["peak_kb"] / 1024,
+        rss_before_mb=rss.before_kb / 1024,
+        rss_peak_mb=rss.peak_kb / 1024,
         cpu=cpu,
     )
 

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.assign import INTRO, SERVICE_DB, service
-from bench.harness import ROOT, connect, embedded_postgres, machine, write_section
+from bench.harness import (
+    ROOT,
+    MemorySampler,
+    connect,
+    embedded_postgres,
+    machine,
+    write_section,
+)
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Delivery confirm (B3)"
@@ -64,12 +71,11 @@ def fill_codes(dsn: str, set_id: str, pool_id: str, prefix: str, count: int) -> 
         )
 
 
-def rss_kb(pid: int) -> tuple[int, int]:
-    """Resident and peak resident memory of a process, in KiB."""
+def peak_rss_mb(pid: int) -> float:
+    """The process's highest resident memory since it started (VmHWM), in MB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    now = re.search(r"^VmRSS:\s*(\d+)", status, re.MULTILINE)
-    peak = re.search(r"^VmHWM:\s*(\d+)", status, re.MULTILINE)
-    return int(now.group(1)) if now else 0, int(peak.group(1)) if peak else 0
+    found = re.search(r"^VmHWM:\s*(\d+)", status, re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else 0.0
 
 
 def measure_anchor(dsn: str, pool_id: str, count: int) -> float:
@@ -129,39 +135,34 @@ def run(count: int, workdir: Path) -> dict[str, Any]:
             )
             db.execute("VACUUM ANALYZE")
         pid = svc.proc.pid
-        results["rss_before_mb"] = rss_kb(pid)[0] / 1024
         print(f"service: confirming a delivery of {count:,} targets...")
-        peak = 0
-        started = time.perf_counter()
-        response = svc.http.post(f"/v1/deliveries/{delivery['id']}/confirm")
-        if response.status_code not in (200, 202):
-            raise RuntimeError(f"confirm: {response.status_code} {response.text}")
-        while True:
-            body = svc.call("GET", f"/v1/deliveries/{delivery['id']}")
-            peak = max(peak, rss_kb(pid)[0])
-            if body["status"] != "sending":
-                break
-            time.sleep(0.25)
-        results["service_s"] = time.perf_counter() - started
+        with MemorySampler(pid) as confirm_memory:
+            started = time.perf_counter()
+            response = svc.http.post(f"/v1/deliveries/{delivery['id']}/confirm")
+            if response.status_code not in (200, 202):
+                raise RuntimeError(f"confirm: {response.status_code} {response.text}")
+            while (body := svc.call("GET", f"/v1/deliveries/{delivery['id']}"))[
+                "status"
+            ] == "sending":
+                time.sleep(0.25)
+            results["service_s"] = time.perf_counter() - started
         if body["status"] != "finished" or body["assigned"] != count:
             raise RuntimeError(f"the delivery ended {body['status']}: {body}")
-        results["confirm_rss_mb"] = peak / 1024
-        print(f"  {results['service_s']:.1f} s, peak RSS {peak / 1024:.0f} MB")
+        results["rss_before_mb"] = confirm_memory.before_kb / 1024
+        results["confirm_rss_mb"] = confirm_memory.peak_kb / 1024
+        print(f"  {results['service_s']:.1f} s, peak RSS {results['confirm_rss_mb']:.0f} MB")
 
         print("messages: streaming the rendered messages...")
-        started = time.perf_counter()
-        lines = 0
-        with svc.http.stream(
-            "GET", f"/v1/deliveries/{delivery['id']}/messages", params={"format": "jsonl"}
-        ) as stream:
-            for n, line in enumerate(stream.iter_lines()):
-                lines += bool(line)
-                if n % 20_000 == 0:
-                    peak = max(peak, rss_kb(pid)[0])
-        results["messages_s"] = time.perf_counter() - started
+        with MemorySampler(pid) as messages_memory:
+            started = time.perf_counter()
+            with svc.http.stream(
+                "GET", f"/v1/deliveries/{delivery['id']}/messages", params={"format": "jsonl"}
+            ) as stream:
+                lines = sum(1 for line in stream.iter_lines() if line)
+            results["messages_s"] = time.perf_counter() - started
         results["messages"] = lines
-        results["messages_rss_mb"] = peak / 1024
-        results["peak_rss_mb"] = rss_kb(pid)[1] / 1024
+        results["messages_rss_mb"] = messages_memory.peak_kb / 1024
+        results["peak_rss_mb"] = peak_rss_mb(pid)
         print(f"  {lines:,} messages in {results['messages_s']:.1f} s")
         with connect(dsn) as db:
             results["assigned_rows"] = db.value(

@@ -21,7 +21,6 @@ import os
 import secrets
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import httpx
 from bench.harness import (
     PYTHON,
     ROOT,
+    MemorySampler,
     Server,
     background,
     background_load,
@@ -68,50 +68,6 @@ SELECT $1, $2, c, c,
        CASE WHEN g % 30 = 0 THEN now() END
 FROM generate_series(1, $3::int) AS g, LATERAL (SELECT 'B5-' || lpad(g::text, 10, '0') AS c) AS x
 """
-
-
-def _rss_kb(root: int) -> int:
-    """Resident memory of ``root`` and its children (uvicorn workers), in kB."""
-    total = 0
-    pids = [root]
-    children = Path(f"/proc/{root}/task/{root}/children")
-    if children.exists():
-        pids += [int(pid) for pid in children.read_text().split()]
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
-class MemorySampler:
-    """The peak of the service's resident memory while a block runs (20 ms samples)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.before_kb = _rss_kb(pid)
-        self.peak_kb = self.before_kb
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak_kb = max(self.peak_kb, _rss_kb(self.pid))
-            self.samples += 1
-
-    def __enter__(self) -> "MemorySampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.after_kb = _rss_kb(self.pid)
 
 
 def fill(server: Server, admin: httpx.Client, rows: int) -> None:

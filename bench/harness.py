@@ -287,6 +287,51 @@ def write_section(path: Path, title: str, section: str, intro: str = "# Benchmar
     path.write_text(text.rstrip("\n") + "\n")
 
 
+# ---------------------------------------------------------------------- memory
+
+
+def tree_rss_kb(root: int) -> int:
+    """Resident memory of ``root`` and its descendants (uvicorn workers), in KiB."""
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            todo.extend(int(child) for child in children)
+    return total
+
+
+class MemorySampler:
+    """The service's resident memory (its process tree) before, at its peak while a
+    block runs (sampled every 20 ms) and after."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before_kb = tree_rss_kb(pid)
+        self.peak_kb = self.before_kb
+        self.after_kb = self.before_kb
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_kb = max(self.peak_kb, tree_rss_kb(self.pid))
+            self.samples += 1
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.after_kb = tree_rss_kb(self.pid)
+
+
 # ---------------------------------------------------------------------- the machine
 
 
