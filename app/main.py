@@ -1,6 +1,7 @@
 """The application: middleware, routers, error handlers, and the start-up work."""
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -120,7 +121,14 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         )
         await app.state.confirmations.recover()
         await import_service.recover_interrupted(app.state.driver_pool)
+        # What start-up built (modules, the app, its pools: some 140,000 objects) lives
+        # as long as the process. Out of the collector's sight, a full collection no
+        # longer walks it: each took ~100 ms with the event loop stopped, which was most
+        # of the assignments' p99 (docs/benchmarks.md, B1).
+        gc.collect()
+        gc.freeze()
         yield
+        gc.unfreeze()
         await app.state.confirmations.stop()
         # Imports merging in the background finish before their connections close.
         if app.state.import_tasks:

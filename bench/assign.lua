@@ -5,8 +5,9 @@
 -- The bearer token comes from the BENCH_TOKEN environment variable (never on the
 -- command line). Recipient ids are "<run tag>-<thread>-<counter>": the tag is random
 -- per run and the thread number is handed out in setup(), so ids never repeat, across
--- threads or runs. With a limit, each thread stops after that many responses (the
--- drain test uses it as a safety net so the pool is never emptied).
+-- threads or runs. With a limit, each thread stops after that many responses and
+-- creates the file named by BENCH_DONE_FILE, if set: wrk itself only ends at its
+-- duration, so the drain test watches for that file and then interrupts it.
 --
 -- Ends with one "BENCH_RESULT {json}" line, plus "BENCH_ERROR <status> <body>" lines
 -- for the first non-2xx response of each thread, which the orchestrator parses.
@@ -50,6 +51,10 @@ function response(status, _, body)
     first_error = key .. " " .. string.gsub(body or "", "[\r\n]", " ")
   end
   if limit > 0 and received >= limit then
+    local done_file = os.getenv("BENCH_DONE_FILE")
+    if done_file and done_file ~= "" then
+      io.open(done_file .. "." .. thread_no, "w"):close()
+    end
     wrk.thread:stop()
   end
 end

@@ -201,8 +201,12 @@ NAIVE_POOL = len(ANCHOR_CLIENTS) + 1  # pools 1..3: one per pgbench run; 4: the 
 def fill_anchor(server: Server, codes_per_pool: int) -> None:
     """The plain table of the anchor and of the naive endpoint, one fresh pool per run.
 
-    Indexes are built after the fill (faster), then VACUUM ANALYZE so every run starts
-    from the state autovacuum would leave (the service's pools get the same)."""
+    Indexes are built after the fill (faster), then VACUUM ANALYZE and CHECKPOINT so
+    every run starts from a server's steady state (the service's pools get the same):
+    the statistics autovacuum would leave, and old WAL segments ready for reuse. Without
+    it, the checkpoint that the fill's WAL starts is still running when the load comes,
+    and about every 16 MB of WAL a commit waited ~50 ms (by all signs while a new WAL
+    segment file was written out), which showed in the p99."""
     create_database(server, ANCHOR_DB)
     with connect(server.dsn(ANCHOR_DB)) as db:
         db.execute(
@@ -229,6 +233,7 @@ def fill_anchor(server: Server, codes_per_pool: int) -> None:
         )
         db.execute("CREATE INDEX codes_free ON codes (pool_id, id) WHERE status = 'available'")
         db.execute("VACUUM ANALYZE codes")
+        db.execute("CHECKPOINT")
 
 
 def pgbench(server: Server, *, clients: int, pool: int, seconds: int) -> dict[str, Any]:
@@ -317,9 +322,16 @@ class Service:
     """The real service (``python -m app.serve``) on its own database, and an admin client."""
 
     def __init__(
-        self, server: Server, url: str, proc: subprocess.Popen[bytes], key: str, source: str
+        self,
+        server: Server,
+        url: str,
+        proc: subprocess.Popen[bytes],
+        key: str,
+        source: str,
+        workdir: Path,
     ) -> None:
         self.server = server
+        self.workdir = workdir  # the run's scratch folder
         self.url = url
         self.proc = proc
         self.key = key
@@ -346,9 +358,10 @@ class Service:
                 {"count": count, "length": 12, "charset": "unambiguous", "min_space_ratio": 2},
             )
             left -= count
-        # The same starting state as the anchor's table: what autovacuum would leave.
+        # The same starting state as the anchor's table (see fill_anchor).
         with connect(self.server.dsn(SERVICE_DB)) as db:
             db.execute("VACUUM ANALYZE codes")
+            db.execute("CHECKPOINT")
         pools = self.call("GET", f"/v1/coupon-sets/{key}/pools")["items"]
         return str(next(p["id"] for p in pools if p["name"] == "default"))
 
@@ -371,7 +384,7 @@ def service(server: Server, workdir: Path) -> Iterator[Service]:
     with background([PYTHON, "-m", "app.serve"], env=env, log=log) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/readyz", proc, log)
-        svc = Service(server, url, proc, key, source)
+        svc = Service(server, url, proc, key, source, workdir)
         try:
             yield svc
         finally:
@@ -420,8 +433,10 @@ def drain_size(rate: float, seconds: int) -> int:
     return int(min(max(round(rate * seconds, -4), 20_000), 1_000_000))
 
 
-# The free codes of the drained pool, read straight from the service's table: cheap, and
-# no extra HTTP load on the service being measured.
+# The free codes of the drained pool, read straight from the service's table once the
+# load has stopped. Nothing polls the database during the drain: while codes are being
+# claimed this count is slow (up to 0.6 s, the partial index full of entries of codes
+# claimed since the last vacuum), and polling it took half a core from the server.
 FREE_SQL = "SELECT count(*) FROM codes WHERE pool_id = $1 AND status = 'available'"
 
 # Claims per window of DRAIN_WINDOW_S seconds, from the first claim on.
@@ -434,21 +449,19 @@ WINDOWS_SQL = """
 """
 
 
-def drain_until(cmd: list[str], token: str, db: Database, pool_id: str, stop_at: int) -> str:
-    """Run wrk until at most ``stop_at`` codes are free, then stop it (SIGINT: wrk still
-    prints its results, which are returned)."""
+def run_until_done(cmd: list[str], token: str, done_file: Path) -> str:
+    """Run wrk until its thread has had its last response (bench/assign.lua creates
+    ``done_file``.1), then interrupt it (SIGINT: wrk still prints its results, which
+    are returned); wrk would otherwise wait for the end of its duration."""
+    env = {**os.environ, "BENCH_TOKEN": token, "BENCH_DONE_FILE": str(done_file)}
+    marker = done_file.with_name(done_file.name + ".1")
+    marker.unlink(missing_ok=True)
     with subprocess.Popen(  # noqa: S603 - our own fixed command line
-        cmd,
-        env={**os.environ, "BENCH_TOKEN": token},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as wrk:
         try:
-            free = stop_at + 1
-            while wrk.poll() is None and free > stop_at:
-                time.sleep(0.25)
-                free = db.value(FREE_SQL, pool_id)
+            while wrk.poll() is None and not marker.exists():
+                time.sleep(0.1)
             wrk.send_signal(signal.SIGINT)
             out, _ = wrk.communicate(timeout=60)
         except BaseException:
@@ -472,19 +485,21 @@ def rates_per_window(db: Database, pool_id: str, codes: int) -> list[tuple[float
 def measure_drain(svc: Service, settings: WrkSettings, codes: int, max_seconds: float) -> Drain:
     """One continuous wrk run while the pool drains from 100 % to 1 % free. The rate per
     window comes afterwards from the codes' own ``assigned_at``: exact, and no gaps
-    between windows as consecutive short wrk runs would leave."""
+    between windows as consecutive short wrk runs would leave.
+
+    wrk runs one thread here, which stops by itself after its last claim: with one
+    thread per half of the connections, the faster thread reached its share first and
+    the drain ended at half the load, which showed as a fall of the last windows."""
     pool_id = svc.unique_set("bench-drain", codes)
-    stop_at = int(codes * DRAIN_END_FREE)
-    # Safety net: each wrk thread stops by itself before the pool can empty (an empty
-    # pool answers 409), even with every connection's request in flight when it stops.
-    limit = (codes - stop_at // 2 - settings.connections) // settings.threads
+    # Requests still in flight when wrk stops may claim too: the pool never empties
+    # (an empty pool answers 409), and ends with 1 % free plus at most one request per
+    # connection.
+    claims = codes - int(codes * DRAIN_END_FREE) - settings.connections
     path = "/v1/coupon-sets/bench-drain/assignments"
-    cmd = wrk_command(settings, svc.url, path, max_seconds, limit)
-    with (
-        connect(svc.server.dsn(SERVICE_DB)) as db,
-        measure_cpu(svc.server.postmaster, svc.proc.pid) as cpu,
-    ):
-        out = drain_until(cmd, svc.key, db, pool_id, stop_at)
+    one_thread = WrkSettings(threads=1, connections=settings.connections)
+    cmd = wrk_command(one_thread, svc.url, path, max_seconds, claims)
+    with measure_cpu(svc.server.postmaster, svc.proc.pid) as cpu:
+        out = run_until_done(cmd, svc.key, done_file=svc.workdir / "drain-done")
     with connect(svc.server.dsn(SERVICE_DB)) as db:
         free = db.value(FREE_SQL, pool_id)
         windows = rates_per_window(db, pool_id, codes)
@@ -638,7 +653,8 @@ def render(res: Results) -> str:
         "",
         where_the_time_went(res),
         "",
-        f"Drain (B2): a pool of {drain.codes:,} codes, one continuous wrk run stopped at "
+        f"Drain (B2): a pool of {drain.codes:,} codes, one continuous wrk run (one thread, "
+        f"{res.wrk.connections} connections) that stopped by itself at "
         f"{drain.free_at_end / drain.codes:.1%} free ({drain.free_at_end:,} codes left). "
         f"Claims/s per {DRAIN_WINDOW_S:.0f}-s window (free share at the window's start; "
         f"{len(shown)} of {len(drain.windows)} full windows shown), counted from the codes' "
@@ -657,8 +673,11 @@ def render(res: Results) -> str:
         f"- Service: `python -m app.serve` on its own database of the same server; a unique "
         f"set with {res.args.codes:,} generated codes (`POST .../codes/generate`), then "
         f"{res.args.warmup} s of warm-up and {res.args.seconds} s measured. The naive "
-        f"endpoint gets the same warm-up and {res.args.seconds} s. Both tables are "
-        "`VACUUM ANALYZE`d after their fill, the state autovacuum would leave.",
+        f"endpoint gets the same warm-up and {res.args.seconds} s. After their fill both "
+        "tables get `VACUUM ANALYZE` and the server a `CHECKPOINT`: the statistics "
+        "autovacuum would leave, and old WAL segments ready for reuse, as on a server "
+        "that has been running (without it, about every 16 MB of WAL a commit waited "
+        "~50 ms, by all signs for a new WAL segment file).",
         "- CPU: cores used during each measurement (CPU seconds / wall seconds, from /proc): "
         "the HTTP server's processes (1.00 = one process saturated), all processes of the "
         "benchmark's PostgreSQL server, the "
