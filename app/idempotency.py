@@ -9,12 +9,15 @@ stored response with ``Idempotent-Replayed: true``. The same key with another re
 (method, path, query or body) is refused with 422. Failed requests change nothing and
 store nothing, so retrying them runs them again."""
 
+import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Header, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import select, text
@@ -33,7 +36,11 @@ from app.errors import (
 )
 from app.models.idempotency import IdempotencyRecord
 
+logger = logging.getLogger(__name__)
+
 KEEP_FOR = timedelta(hours=24)
+PURGE_EVERY = timedelta(hours=1)
+_PURGE_BATCH = 10_000
 WRITE_METHODS = frozenset({"POST", "PATCH", "DELETE"})
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 _REPLAYED_HEADERS = ("content-type", "location")
@@ -206,3 +213,41 @@ class IdempotentRoute(APIRoute):
             return response
 
         return handle
+
+
+# Records a lookup no longer honours, oldest first, a bounded number per transaction.
+_PURGE = """
+    DELETE FROM idempotency_records
+    WHERE (owner, key) IN (
+        SELECT owner, key FROM idempotency_records
+        WHERE created_at < now() - $1::interval
+        ORDER BY created_at
+        LIMIT $2)
+"""
+
+
+async def purge_expired(pool: asyncpg.Pool, *, batch: int = _PURGE_BATCH) -> int:
+    """Delete the records older than ``KEEP_FOR`` (a lookup ignores them already), in
+    short transactions of at most ``batch`` rows; returns how many went."""
+    removed = 0
+    while True:
+        async with pool.acquire() as connection:
+            status = await connection.execute(_PURGE, KEEP_FOR, batch)
+        count = int(status.split()[-1])  # "DELETE <n>"
+        removed += count
+        if count < batch:
+            return removed
+
+
+async def purge_periodically(pool: asyncpg.Pool) -> None:
+    """``purge_expired`` at start and then every ``PURGE_EVERY``, until cancelled, so
+    the table holds about a day of records instead of growing for ever. Every worker
+    process runs it; concurrent runs only delete fewer rows each."""
+    while True:
+        try:
+            if removed := await purge_expired(pool):
+                logger.info("removed %d idempotency records older than %s", removed, KEEP_FOR)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # The database is away or refused: next time.
+            logger.warning("could not remove expired idempotency records", exc_info=True)
+        await asyncio.sleep(PURGE_EVERY.total_seconds())

@@ -1,6 +1,7 @@
 """The application: middleware, routers, error handlers, and the start-up work."""
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import __version__
+from app import __version__, idempotency
 from app.assign_fast_path import AssignFastPath
 from app.db import create_driver_pool, create_engine, create_sessionmaker
 from app.errors import Problem, install_error_handlers
@@ -121,6 +122,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         )
         await app.state.confirmations.recover()
         await import_service.recover_interrupted(app.state.driver_pool)
+        purge = asyncio.create_task(idempotency.purge_periodically(app.state.driver_pool))
         # What start-up built (modules, the app, its pools: some 140,000 objects) lives
         # as long as the process. Out of the collector's sight, a full collection no
         # longer walks it: each took ~100 ms with the event loop stopped, which was most
@@ -129,6 +131,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         gc.freeze()
         yield
         gc.unfreeze()
+        purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
         await app.state.confirmations.stop()
         # Imports merging in the background finish before their connections close.
         if app.state.import_tasks:

@@ -1,7 +1,9 @@
 """Idempotency-Key: one effect per key, replays of the first response, refusals."""
 
 import httpx
+from fastapi import FastAPI
 
+from app import idempotency
 from tests.helpers import add_codes, create_set, problem_type
 
 
@@ -85,3 +87,28 @@ async def test_assignment_records_its_idempotency_key_in_the_audit(
     )
     events = (await client.get("/v1/coupon-sets/s/audit", params={"action": "assign"})).json()
     assert events["items"][0]["idempotency_key"] == "audit-me"
+
+
+async def test_records_older_than_a_day_are_removed_in_batches(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    for n in range(5):
+        await client.post(
+            "/v1/coupon-sets", json={"label": f"S{n}"}, headers={"Idempotency-Key": f"p-{n}"}
+        )
+    pool = app.state.driver_pool
+    # Three records from more than a day ago: the first response is kept 24 hours.
+    await pool.execute(
+        "UPDATE idempotency_records SET created_at = now() - interval '25 hours' "
+        "WHERE key IN ('p-0', 'p-1', 'p-2')"
+    )
+    assert await idempotency.purge_expired(pool, batch=2) == 3  # two transactions
+    left = await pool.fetch("SELECT key FROM idempotency_records ORDER BY key")
+    assert [row["key"] for row in left] == ["p-3", "p-4"]
+    assert await idempotency.purge_expired(pool) == 0
+    # A purged key is a new key again.
+    again = await client.post(
+        "/v1/coupon-sets", json={"label": "S0 again"}, headers={"Idempotency-Key": "p-0"}
+    )
+    assert again.status_code == 201
+    assert "idempotent-replayed" not in again.headers
