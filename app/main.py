@@ -154,7 +154,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     app.state.import_tasks = set()
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
-    app.state.redeem_limiter = RateLimiter(settings.redeem_rate_limit)
+    app.state.redeem_limiter = RateLimiter(settings.redeem_rate_limit, processes=settings.workers)
     routers = (
         health.router,
         api_keys.router,

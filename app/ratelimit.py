@@ -1,7 +1,10 @@
 """Per-key rate limits for redeem and validate, so codes cannot be guessed by brute force.
 
 A moving window per API key, kept in the process (``limits``). With several worker
-processes each has its own window: set the limit per process accordingly."""
+processes each has its own window, so each allows its share of the configured limit
+(rounded up): spread over the workers, as the kernel spreads a caller's connections,
+a key gets no more than the limit in all; one connection alone, which stays with one
+worker, gets that worker's share."""
 
 import math
 import time
@@ -17,8 +20,11 @@ from app.errors import TooManyRequests
 
 
 class RateLimiter:
-    def __init__(self, limit: str) -> None:
-        self.limit = parse(limit)
+    def __init__(self, limit: str, *, processes: int = 1) -> None:
+        total = parse(limit)
+        self.total = total  # what the caller is told
+        # This process's share: the same window, a part of the amount.
+        self.limit = type(total)(math.ceil(total.amount / processes), total.multiples)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def hit(self, key: str) -> None:
@@ -27,7 +33,7 @@ class RateLimiter:
         reset_at, _ = self._limiter.get_window_stats(self.limit, key)
         retry_after = max(1, math.ceil(reset_at - time.time()))
         raise TooManyRequests(
-            f"This API key may redeem or validate at most {self.limit}; retry later.",
+            f"This API key may redeem or validate at most {self.total}; retry later.",
             headers={"Retry-After": str(retry_after)},
         )
 

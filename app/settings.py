@@ -77,7 +77,10 @@ class Settings(BaseSettings):
     assign_fast_path: bool = True
     redeem_rate_limit: str = Field(
         default="100/second",
-        description="Redeem + validate requests per API key, e.g. '100/second', '5000/minute'",
+        description=(
+            "Redeem + validate requests per API key in all, e.g. '100/second', "
+            "'5000/minute'; each worker process allows its share"
+        ),
     )
 
     @field_validator("redeem_rate_limit")
