@@ -216,13 +216,18 @@ class IdempotentRoute(APIRoute):
 
 
 # Records a lookup no longer honours, oldest first, a bounded number per transaction.
+# A record a request is replacing right now (an expired key used again) is locked by
+# that request: skipped, and the age is checked again on the row as it is when
+# deleted, so a fresh record is never taken for its expired predecessor.
 _PURGE = """
     DELETE FROM idempotency_records
     WHERE (owner, key) IN (
         SELECT owner, key FROM idempotency_records
         WHERE created_at < now() - $1::interval
         ORDER BY created_at
-        LIMIT $2)
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+      AND created_at < now() - $1::interval
 """
 
 
@@ -247,7 +252,6 @@ async def purge_periodically(pool: asyncpg.Pool) -> None:
         try:
             if removed := await purge_expired(pool):
                 logger.info("removed %d idempotency records older than %s", removed, KEEP_FOR)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            # The database is away or refused: next time.
+        except Exception:  # the database away, or anything else: next time
             logger.warning("could not remove expired idempotency records", exc_info=True)
         await asyncio.sleep(PURGE_EVERY.total_seconds())

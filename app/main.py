@@ -1,7 +1,6 @@
 """The application: middleware, routers, error handlers, and the start-up work."""
 
 import asyncio
-import contextlib
 import gc
 import logging
 import sys
@@ -132,8 +131,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         yield
         gc.unfreeze()
         purge.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purge
+        await asyncio.gather(purge, return_exceptions=True)
         await app.state.confirmations.stop()
         # Imports merging in the background finish before their connections close.
         if app.state.import_tasks:

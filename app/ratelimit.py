@@ -1,10 +1,11 @@
 """Per-key rate limits for redeem and validate, so codes cannot be guessed by brute force.
 
 A moving window per API key, kept in the process (``limits``). With several worker
-processes each has its own window, so each allows its share of the configured limit
-(rounded up): spread over the workers, as the kernel spreads a caller's connections,
-a key gets no more than the limit in all; one connection alone, which stays with one
-worker, gets that worker's share."""
+processes each has its own window, so each allows its share of the configured limit,
+rounded down (at least 1): spread over the workers, as the kernel spreads a caller's
+connections, a key gets at most the limit in all (a limit smaller than the number of
+workers excepted: one each); one connection alone, which stays with one worker, gets
+that worker's share."""
 
 import math
 import time
@@ -24,7 +25,7 @@ class RateLimiter:
         total = parse(limit)
         self.total = total  # what the caller is told
         # This process's share: the same window, a part of the amount.
-        self.limit = type(total)(math.ceil(total.amount / processes), total.multiples)
+        self.limit = type(total)(max(1, total.amount // processes), total.multiples)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def hit(self, key: str) -> None:

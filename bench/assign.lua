@@ -53,7 +53,10 @@ function response(status, _, body)
   if limit > 0 and received >= limit then
     local done_file = os.getenv("BENCH_DONE_FILE")
     if done_file and done_file ~= "" then
-      io.open(done_file .. "." .. thread_no, "w"):close()
+      local marker = io.open(done_file .. "." .. thread_no, "w")
+      if marker then
+        marker:close()
+      end
     end
     wrk.thread:stop()
   end

@@ -89,13 +89,21 @@ async def test_assignment_records_its_idempotency_key_in_the_audit(
     assert events["items"][0]["idempotency_key"] == "audit-me"
 
 
+async def _create_sets_with_keys(client: httpx.AsyncClient, prefix: str, count: int) -> None:
+    """``count`` writes with the Idempotency-Keys ``<prefix>-0``, ``<prefix>-1``, …"""
+    for n in range(count):
+        response = await client.post(
+            "/v1/coupon-sets",
+            json={"label": f"{prefix} {n}"},
+            headers={"Idempotency-Key": f"{prefix}-{n}"},
+        )
+        assert response.status_code == 201
+
+
 async def test_records_older_than_a_day_are_removed_in_batches(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    for n in range(5):
-        await client.post(
-            "/v1/coupon-sets", json={"label": f"S{n}"}, headers={"Idempotency-Key": f"p-{n}"}
-        )
+    await _create_sets_with_keys(client, "p", 5)
     pool = app.state.driver_pool
     # Three records from more than a day ago: the first response is kept 24 hours.
     await pool.execute(
@@ -112,3 +120,23 @@ async def test_records_older_than_a_day_are_removed_in_batches(
     )
     assert again.status_code == 201
     assert "idempotent-replayed" not in again.headers
+
+
+async def test_a_record_being_replaced_is_not_purged(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await _create_sets_with_keys(client, "r", 2)
+    pool = app.state.driver_pool
+    await pool.execute("UPDATE idempotency_records SET created_at = now() - interval '25 hours'")
+    # A request storing a new first response for the expired key r-0, not yet committed.
+    request = await pool.acquire()
+    try:
+        async with request.transaction():
+            await request.execute(
+                "UPDATE idempotency_records SET created_at = now() WHERE key = 'r-0'"
+            )
+            assert await idempotency.purge_expired(pool) == 1  # r-1 only
+    finally:
+        await pool.release(request)
+    left = await pool.fetch("SELECT key FROM idempotency_records")
+    assert [row["key"] for row in left] == ["r-0"]

@@ -15,11 +15,30 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Built CONCURRENTLY: the table may be large (nothing removed records before), and
+# writes with an Idempotency-Key go on meanwhile.
 def upgrade() -> None:
-    op.create_index(
-        "ix_idempotency_records_created_at", "idempotency_records", ["created_at"], unique=False
-    )
+    with op.get_context().autocommit_block():
+        # A build that was interrupted leaves an invalid index behind: start afresh.
+        op.drop_index(
+            "ix_idempotency_records_created_at",
+            table_name="idempotency_records",
+            postgresql_concurrently=True,
+            if_exists=True,
+        )
+        op.create_index(
+            "ix_idempotency_records_created_at",
+            "idempotency_records",
+            ["created_at"],
+            unique=False,
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_idempotency_records_created_at", table_name="idempotency_records")
+    with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_idempotency_records_created_at",
+            table_name="idempotency_records",
+            postgresql_concurrently=True,
+        )
