@@ -558,22 +558,27 @@ async def analyze(session: AsyncSession, *, delivery_id: str) -> Delivery:
 
 # ---------------------------------------------------------------------------- confirm
 
-# One batch of targets, in one statement: the targets after ``after_seq`` (in list
-# order, up to the last one the message limit keeps); those who hold no code of the
-# pool yet; as many free codes, locked with SKIP LOCKED so concurrent claims and other
-# deliveries pass them by (MATERIALIZED with LIMIT: exactly that many rows, never
-# more; PostgreSQL bug #15715); paired by row number; each pairing written on the code
-# row and audited. A target who gets a code from a single assignment meanwhile makes
-# the UPDATE hit uq_codes_recipient: the batch is rolled back and run again, and that
-# target then keeps the code they got.
-_CLAIM_BATCH = """
+# The targets of one batch, both for unique and shared sets: those after ``after_seq``
+# (in list order), up to the last one the message limit keeps.
+_BATCH = """
 WITH batch AS MATERIALIZED (
     SELECT dr.seq, dr.recipient_id, dr.address
     FROM delivery_recipients dr
     WHERE dr.delivery_id = $1 AND dr.seq > $2 AND dr.seq <= $3
     ORDER BY dr.seq
     LIMIT $4
-), need AS MATERIALIZED (
+)"""
+
+# One batch of a unique set, in one statement: its targets (``_BATCH``); those who
+# hold no code of the pool yet; as many free codes, locked with SKIP LOCKED so
+# concurrent claims and other deliveries pass them by (MATERIALIZED with LIMIT: exactly
+# that many rows, never more; PostgreSQL bug #15715); paired by row number; each
+# pairing written on the code row and audited. A target who gets a code from a single
+# assignment meanwhile makes the UPDATE hit uq_codes_recipient: the batch is rolled
+# back and run again, and that target then keeps the code they got.
+_CLAIM_BATCH = (
+    _BATCH  # noqa: S608 - built from constants only
+    + """, need AS MATERIALIZED (
     -- LATERAL with LIMIT: one index probe per target. (NOT EXISTS would be planned as
     -- an anti join that hashes every recipient of the pool, which grows as it fills.)
     SELECT b.recipient_id, b.address, row_number() OVER (ORDER BY b.seq) AS rn
@@ -621,15 +626,11 @@ SELECT (SELECT max(seq) FROM batch) AS last_seq,
        (SELECT count(*) FROM claimed) AS claimed,
        (SELECT max(id) FROM claimed) AS max_id
 """
+)
 
-_SHARE_BATCH = """
-WITH batch AS MATERIALIZED (
-    SELECT dr.seq, dr.recipient_id, dr.address
-    FROM delivery_recipients dr
-    WHERE dr.delivery_id = $1 AND dr.seq > $2 AND dr.seq <= $3
-    ORDER BY dr.seq
-    LIMIT $4
-), shared AS (
+_SHARE_BATCH = (
+    _BATCH  # noqa: S608 - built from constants only
+    + """, shared AS (
     INSERT INTO shared_assignments (set_id, recipient_id, address, channel, delivery_id)
     SELECT $5, b.recipient_id, b.address, $6, $7 FROM batch b ORDER BY b.seq
     ON CONFLICT (set_id, recipient_id) WHERE NOT additional DO NOTHING
@@ -644,6 +645,7 @@ SELECT (SELECT max(seq) FROM batch) AS last_seq,
        (SELECT count(*) FROM batch) AS targets,
        (SELECT count(*) FROM shared) AS claimed
 """
+)
 
 # Give back what a delivery handed out, to every target or only to some ($4). Only
 # codes this delivery gave and nobody used: a code a target held already stays theirs.

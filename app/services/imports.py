@@ -474,20 +474,33 @@ class _Job:
                     out.append(record)
             return out
 
-        async def stream() -> AsyncIterator[tuple[Any, ...]]:
-            reported = 0
-            async for chunk in chunks:
-                digest.update(chunk)
-                for record in records(reader.feed(chunk)):
-                    yield record
-                if self.rows_read - reported >= _PROGRESS_EVERY:
-                    reported = self.rows_read
-                    await self._progress()
-            for record in records(reader.close()):
-                yield record
-
-        await self.conn.copy_records_to_table(_STAGING, records=stream(), columns=_STAGING_COLUMNS)
+        stream = self._records(chunks, reader, records, digest)
+        await self.conn.copy_records_to_table(_STAGING, records=stream, columns=_STAGING_COLUMNS)
         self.checksum = digest.hexdigest()
+
+    async def _records(
+        self,
+        chunks: AsyncIterator[bytes],
+        reader: Reader,
+        records: Callable[[list[Row]], list[tuple[Any, ...]]],
+        digest: "hashlib._Hash",
+        spool: IO[bytes] | None = None,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """The records of an upload as it arrives, for a COPY: each chunk hashed (and
+        saved in ``spool``), parsed, and turned into records by ``records``; progress
+        is reported every ``_PROGRESS_EVERY`` rows."""
+        reported = 0
+        async for chunk in chunks:
+            if spool is not None:
+                spool.write(chunk)
+            digest.update(chunk)
+            for record in records(reader.feed(chunk)):
+                yield record
+            if self.rows_read - reported >= _PROGRESS_EVERY:
+                reported = self.rows_read
+                await self._progress()
+        for record in records(reader.close()):
+            yield record
 
     async def _progress(self) -> None:
         """``rows_read`` so far, through another connection (this one is in the COPY);
@@ -581,25 +594,14 @@ class _Job:
                     raise _Staged
             return out
 
-        async def stream() -> AsyncIterator[tuple[Any, ...]]:
-            reported = 0
-            async for chunk in chunks:
-                spool.write(chunk)
-                digest.update(chunk)
-                for record in records(reader.feed(chunk)):
-                    yield record
-                if self.rows_read - reported >= _PROGRESS_EVERY:
-                    reported = self.rows_read
-                    await self._progress()
-            for record in records(reader.close()):
-                yield record
-
         transaction = self.conn.transaction()
         await transaction.start()
         try:
             try:
                 await self.conn.copy_records_to_table(
-                    "codes", records=stream(), columns=_CODE_COLUMNS
+                    "codes",
+                    records=self._records(chunks, reader, records, digest, spool),
+                    columns=_CODE_COLUMNS,
                 )
             # A deadlock: another upload holds some of these codes uncommitted, in
             # another order; the staged path's ON CONFLICT settles it.

@@ -32,6 +32,14 @@ async def add_targets(
     return response.json()  # type: ignore[no-any-return]
 
 
+async def post_csv(client: httpx.AsyncClient, delivery_id: str, body: bytes) -> httpx.Response:
+    return await client.post(
+        f"/v1/deliveries/{delivery_id}/recipients",
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+
+
 def targets(count: int, start: int = 0) -> list[dict[str, Any]]:
     return [
         {"recipient_id": f"r{n}", "address": f"r{n}@example.com", "fields": {"first_name": f"N{n}"}}
@@ -296,11 +304,7 @@ async def test_targets_from_csv(client: httpx.AsyncClient) -> None:
         "c5,c5@example.com,Zed\x00,Lima\r\n"
         'c6,c6@example.com,"never closed,Bern\r\n'
     )
-    response = await client.post(
-        f"/v1/deliveries/{delivery['id']}/recipients",
-        content=text.encode(),
-        headers={"Content-Type": "text/csv"},
-    )
+    response = await post_csv(client, delivery["id"], text.encode())
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["added"], body["duplicates"], body["rejected"]) == (3, 1, 4)
@@ -319,11 +323,7 @@ async def test_targets_from_csv(client: httpx.AsyncClient) -> None:
     )
     assert multi.json()["body"] == "multi\nline/Oslo"
 
-    no_header = await client.post(
-        f"/v1/deliveries/{delivery['id']}/recipients",
-        content=b"address\nx@example.com\n",
-        headers={"Content-Type": "text/csv"},
-    )
+    no_header = await post_csv(client, delivery["id"], b"address\nx@example.com\n")
     assert no_header.status_code == 422
     wrong_type = await client.post(
         f"/v1/deliveries/{delivery['id']}/recipients",
@@ -332,11 +332,7 @@ async def test_targets_from_csv(client: httpx.AsyncClient) -> None:
     )
     assert wrong_type.status_code == 415
     assert problem_type(wrong_type) == "unsupported-media-type"
-    latin1 = await client.post(
-        f"/v1/deliveries/{delivery['id']}/recipients",
-        content="recipient_id\nJosé\n".encode("latin-1"),
-        headers={"Content-Type": "text/csv"},
-    )
+    latin1 = await post_csv(client, delivery["id"], "recipient_id\nJosé\n".encode("latin-1"))
     assert latin1.status_code == 422
 
 
@@ -493,11 +489,7 @@ async def test_an_unclosed_quote_does_not_swallow_the_file(client: httpx.AsyncCl
     delivery = await create_delivery(client)
     filler = "".join(f"x{n},{'y' * 60}\n" for n in range(2_000))  # ~130 KB without a quote
     text = f'recipient_id,note\na1,"never closed\n{filler}z1,ok\n'
-    response = await client.post(
-        f"/v1/deliveries/{delivery['id']}/recipients",
-        content=text.encode(),
-        headers={"Content-Type": "text/csv"},
-    )
+    response = await post_csv(client, delivery["id"], text.encode())
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["errors"][0]["line"] == 2
