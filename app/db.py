@@ -67,6 +67,14 @@ async def create_driver_pool(settings: Settings, url: str) -> asyncpg.Pool:
     )
 
 
+async def session_driver(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session, inside the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver
+
+
 async def _driver_pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.driver_pool
     return pool

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from app.auth import ReadKey, WriteKey
-from app.db import DriverPool, Session
+from app.db import DriverPool, Session, session_driver
 from app.errors import (
     DeliveryNotEditable,
     DeliveryNotFinished,
@@ -257,7 +257,7 @@ async def confirm_delivery(
 async def report_failures(
     caller: WriteKey, delivery_id: DeliveryId, body: FailuresReport, session: Session
 ) -> FailuresRecorded:
-    connection = await deliveries.driver(session)
+    connection = await session_driver(session)
     return await deliveries.record_failures(
         connection, delivery_id=delivery_id, recipient_ids=body.recipient_ids, actor=caller
     )

@@ -24,6 +24,7 @@ import asyncpg
 from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import session_driver
 from app.errors import (
     DeliveryNotEditable,
     DeliveryNotFinished,
@@ -53,6 +54,7 @@ from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, decode_id_cursor, paginate
 from app.services import coupon_sets, pools
 from app.services.assignments import ensure_usable
+from app.services.coupon_sets import parse_id
 from app.services.import_files import MAX_RECORD_CHARS, CsvReader, Row
 from app.services.templates import Compiled
 
@@ -68,11 +70,16 @@ PLACEHOLDER = "[coupon code: assigned at confirm]"
 # ---------------------------------------------------------------------------- reading
 
 
+def _key(delivery_id: str) -> uuid.UUID:
+    """The delivery's id; anything else names no delivery."""
+    key = parse_id(delivery_id)
+    if key is None:
+        raise NotFound(f"No delivery has the id '{delivery_id}'.")
+    return key
+
+
 async def _load(session: AsyncSession, delivery_id: str, *, lock: bool = False) -> Delivery:
-    try:
-        key = uuid.UUID(delivery_id)
-    except ValueError:
-        raise NotFound(f"No delivery has the id '{delivery_id}'.") from None
+    key = _key(delivery_id)
     stmt = select(Delivery).where(Delivery.id == key)
     if lock:
         stmt = stmt.with_for_update()
@@ -227,10 +234,12 @@ async def update_delivery(
     return delivery
 
 
-def _fields_error(fields: Mapping[str, Any]) -> str | None:
-    if len(json.dumps(fields, ensure_ascii=False, default=str)) > MAX_FIELDS_JSON:
-        return f"the extra fields are larger than {MAX_FIELDS_JSON} bytes as JSON"
-    return None
+def _fields_json(fields: Mapping[str, Any]) -> tuple[str, str | None]:
+    """A target's extra fields as the JSON stored, and why they are refused, if they are."""
+    stored = json.dumps(fields, ensure_ascii=False)
+    if len(stored) > MAX_FIELDS_JSON:
+        return stored, f"the extra fields are larger than {MAX_FIELDS_JSON} bytes as JSON"
+    return stored, None
 
 
 @dataclass
@@ -315,7 +324,7 @@ async def add_targets(
     seen: set[str] = set()
     for index, target in enumerate(targets):
         batch.received += 1
-        reason = _fields_error(target.fields)
+        fields, reason = _fields_json(target.fields)
         if reason:
             batch.rejected += 1
             errors.append(RejectedRow(line=index, recipient_id=target.recipient_id, reason=reason))
@@ -324,9 +333,7 @@ async def add_targets(
             batch.duplicates_in_request += 1
             continue
         seen.add(target.recipient_id)
-        batch.rows.append(
-            (target.recipient_id, target.address, json.dumps(target.fields, ensure_ascii=False))
-        )
+        batch.rows.append((target.recipient_id, target.address, fields))
     return await _finish_adding(session, delivery, batch, errors)
 
 
@@ -391,7 +398,7 @@ async def add_targets_csv(
         reason = _csv_row_error(row)
         if reason is None:
             extra = {k: v for k, v in row.items() if k not in ("recipient_id", "address")}
-            reason = _fields_error(extra)
+            fields, reason = _fields_json(extra)
         if reason:
             shown = (row.get("recipient_id") or "")[:200].replace("\x00", "\ufffd")
             reject(line, shown or None, reason)
@@ -399,9 +406,7 @@ async def add_targets_csv(
         # Repeats within the file are found by the insert (first one kept), like
         # targets already in the list: no set of every id seen is kept in memory.
         address = (row.get("address") or "").strip() or None
-        batch.rows.append(
-            (row["recipient_id"].strip(), address, json.dumps(extra, ensure_ascii=False))
-        )
+        batch.rows.append((row["recipient_id"].strip(), address, fields))
 
     async for row in _csv_rows(chunks):
         if any(_SURROGATE.search(cell) for cell in row.values):
@@ -462,14 +467,6 @@ _FREE = """
     GROUP BY p.id, p.name
     ORDER BY p.name
 """
-
-
-async def driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under the session, inside the session's transaction."""
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver: asyncpg.Connection = raw.driver_connection
-    return driver
 
 
 async def _plan(connection: asyncpg.Connection, delivery: Delivery) -> _Plan:
@@ -545,7 +542,7 @@ async def _analysis(
 async def analyze(session: AsyncSession, *, delivery_id: str) -> Delivery:
     delivery = await _load(session, delivery_id, lock=True)
     coupon_set = await session.get_one(CouponSet, delivery.coupon_set_id)
-    connection = await driver(session)
+    connection = await session_driver(session)
     plan = await _plan(connection, delivery)
     result = await _analysis(connection, delivery, coupon_set, plan)
     delivery.analysis = result.model_dump(mode="json")
@@ -762,10 +759,7 @@ class Confirmations:
     ) -> tuple[uuid.UUID, bool]:
         """Start (or find) the confirm of a delivery; wait up to ``wait`` seconds for it.
         Returns the id and whether the delivery is no longer ``sending``."""
-        try:
-            key = uuid.UUID(delivery_id)
-        except ValueError:
-            raise NotFound(f"No delivery has the id '{delivery_id}'.") from None
+        key = _key(delivery_id)
         running = self.tasks.get(key)
         if running is None:
             connection: asyncpg.Connection = await self.pool.acquire()
@@ -1076,10 +1070,7 @@ async def _fail(connection: asyncpg.Connection, run: _Run, reason: str) -> None:
 async def record_failures(
     connection: asyncpg.Connection, *, delivery_id: str, recipient_ids: list[str], actor: ApiKey
 ) -> FailuresRecorded:
-    try:
-        key = uuid.UUID(delivery_id)
-    except ValueError:
-        raise NotFound(f"No delivery has the id '{delivery_id}'.") from None
+    key = _key(delivery_id)
     wanted = list(dict.fromkeys(recipient_ids))
     async with connection.transaction():
         status = await connection.fetchval(

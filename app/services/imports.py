@@ -47,6 +47,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db import session_driver
 from app.errors import (
     AppError,
     IdempotencyKeyInUse,
@@ -890,8 +891,7 @@ async def _merge_redemptions(job: _Job, sessionmaker: async_sessionmaker[AsyncSe
             if job.options.mode is ImportMode.all_or_nothing and refused:
                 raise _Rollback
             # The session's own connection: the report commits with the redemptions.
-            raw = await (await session.connection()).get_raw_connection()
-            await _redemption_report(raw.driver_connection, job, refused, accepted=accepted)
+            await _redemption_report(await session_driver(session), job, refused, accepted=accepted)
     except _Rollback:
         async with conn.transaction():
             await _redemption_report(conn, job, refused, accepted=0)
