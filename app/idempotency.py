@@ -24,6 +24,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import locks
 from app.auth import CurrentKey
 from app.db import Session
 from app.errors import (
@@ -42,7 +43,9 @@ KEEP_FOR = timedelta(hours=24)
 PURGE_EVERY = timedelta(hours=1)
 _PURGE_BATCH = 10_000
 WRITE_METHODS = frozenset({"POST", "PATCH", "DELETE"})
-_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+# The one definition of a valid Idempotency-Key (routes that declare the header use it).
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_KEY_MATCH = re.compile(KEY_PATTERN)
 _REPLAYED_HEADERS = ("content-type", "location")
 
 
@@ -116,7 +119,7 @@ async def idempotency_key(
 ) -> str | None:
     if key is None:
         return None
-    if not _KEY_PATTERN.match(key):
+    if not _KEY_MATCH.match(key):
         raise ValidationFailed(
             "Idempotency-Key must be 1 to 255 visible ASCII characters.",
             errors=[
@@ -129,8 +132,8 @@ async def idempotency_key(
     if not streamed:
         hasher.update(await request.body())
     locked = await session.scalar(
-        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:owner || '/' || :key, 0))"),
-        {"owner": owner, "key": key},
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:name, 0))"),
+        {"name": locks.name(locks.Namespace.IDEMPOTENCY, owner, key)},
     )
     if not locked:
         raise IdempotencyKeyInUse(

@@ -33,6 +33,20 @@ class Channel(enum.StrEnum):
     other = "other"
 
 
+# A free code, the one definition. ``FREE`` is the partial index's predicate (ix_codes_free),
+# so a search for free codes that states it reads only free rows; ``free()`` adds that a
+# code held at a checkout (a live hold on a code not yet assigned) is not free either.
+FREE = "status = 'available'"
+
+
+def free(alias: str) -> str:
+    """SQL: the code row ``alias`` can be handed out now."""
+    return (
+        f"{alias}.{FREE} AND NOT EXISTS (SELECT 1 FROM redemptions r "  # noqa: S608
+        f"WHERE r.code_id = {alias}.id AND r.status = 'held' AND r.hold_expires_at > now())"
+    )
+
+
 class Code(Base):
     __tablename__ = "codes"
     __table_args__ = (
@@ -41,7 +55,7 @@ class Code(Base):
         # The free list of a pool, in claim order. Only free rows are in it, so a claim
         # reads one index entry; the scan hint (id > last claimed) skips the claimed
         # prefix whose dead entries vacuum has not removed yet.
-        Index("ix_codes_free", "pool_id", "id", postgresql_where=text("status = 'available'")),
+        Index("ix_codes_free", "pool_id", "id", postgresql_where=text(FREE)),
         # Per-recipient idempotency of assignment: one primary code per set, pool, recipient.
         Index(
             "uq_codes_recipient",

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from app.auth import ReadKey, WriteKey
+from app.csv_guard import cell
 from app.db import DriverPool, Session, session_driver
 from app.errors import (
     DeliveryNotEditable,
@@ -46,7 +47,6 @@ from app.models.delivery import (
 from app.pagination import PageQuery, encode_cursor, next_id_cursor
 from app.services import deliveries
 from app.services.deliveries import Confirmations
-from app.services.exports import FORMULA_STARTS
 
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"], route_class=IdempotentRoute)
 
@@ -282,12 +282,6 @@ async def preview_delivery(
 _FIELDS = ("recipient_id", "address", "code", "subject", "body")
 
 
-def _csv_cell(value: Any) -> str:
-    """A spreadsheet runs cells starting with these as formulas; a quote makes them text."""
-    shown = "" if value is None else str(value)
-    return "'" + shown if shown.startswith(FORMULA_STARTS) else shown
-
-
 @router.get(
     "/{delivery_id}/messages",
     summary="Export the rendered messages for the sending system",
@@ -327,7 +321,7 @@ async def export_messages(
             pool, delivery=delivery, coupon_set=coupon_set, compiled=compiled
         ):
             if format == "csv":
-                writer.writerow([_csv_cell(message[f]) for f in _FIELDS])
+                writer.writerow([cell(message[f]) for f in _FIELDS])
             else:
                 buffer.write(json.dumps(message, ensure_ascii=False) + "\n")
             count += 1

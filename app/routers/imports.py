@@ -21,6 +21,7 @@ from app.errors import (
     WrongSetKind,
     problem_responses,
 )
+from app.idempotency import KEY_PATTERN
 from app.models.import_job import (
     ImportJob,
     ImportJobPage,
@@ -53,7 +54,7 @@ IdempotencyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        pattern=r"^[\x21-\x7e]{1,255}$",
+        pattern=KEY_PATTERN,
         description="Any unique string (a UUID): a retry with the same key and file "
         "answers the first job instead of importing again. Kept 24 hours.",
     ),

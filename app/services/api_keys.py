@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import locks
 from app.errors import LastAdminKey, NotFound
 from app.models.api_key import ApiKey, ApiKeyCreate, Scope
 from app.pagination import PageParams, paginate
@@ -22,8 +23,6 @@ from app.pagination import PageParams, paginate
 SECRET_PREFIX = "cpn_"  # noqa: S105 (a marker that makes leaked keys searchable)
 # Shown in lists to tell keys apart: "cpn_" and 8 characters, 48 bits of a 256-bit secret.
 _SHOWN_PREFIX_LENGTH = len(SECRET_PREFIX) + 8
-# Any fixed number: concurrent starts create at most one bootstrap key.
-_BOOTSTRAP_LOCK_ID = 7_412_006_124
 
 
 def new_secret() -> str:
@@ -197,7 +196,10 @@ async def provision_admin_key(session: AsyncSession, *, secret: str, name: str) 
 
 async def create_bootstrap_admin_key(session: AsyncSession) -> str | None:
     """A first admin key when the service has none; returns its secret, or None."""
-    await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _BOOTSTRAP_LOCK_ID})
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
+        {"name": locks.name(locks.Namespace.BOOTSTRAP)},
+    )
     any_admin = select(ApiKey.id).where(ApiKey.scopes.contains([Scope.admin.value]), *_active())
     if (await session.execute(any_admin.limit(1))).first() is not None:
         return None

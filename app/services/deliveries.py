@@ -24,6 +24,7 @@ import asyncpg
 from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import locks
 from app.db import session_driver
 from app.errors import (
     DeliveryNotEditable,
@@ -33,6 +34,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.models.api_key import ApiKey
+from app.models.code import free
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.delivery import (
     Analysis,
@@ -460,13 +462,11 @@ _HOLDING_SHARED = _HOLDING.format(table="shared_assignments", owner="set_id")
 _FREE = """
     SELECT p.id, p.name, count(c.id) AS available
     FROM pools p
-    LEFT JOIN codes c ON c.pool_id = p.id AND c.status = 'available'
-      AND NOT EXISTS (SELECT 1 FROM redemptions r
-                      WHERE r.code_id = c.id AND r.status = 'held' AND r.hold_expires_at > now())
+    LEFT JOIN codes c ON c.pool_id = p.id AND {free_c}
     WHERE p.set_id = $1
     GROUP BY p.id, p.name
     ORDER BY p.name
-"""
+""".format(free_c=free("c"))  # noqa: S608 - built from constants only
 
 
 async def _plan(connection: asyncpg.Connection, delivery: Delivery) -> _Plan:
@@ -574,7 +574,7 @@ WITH batch AS MATERIALIZED (
 # assignment meanwhile makes the UPDATE hit uq_codes_recipient: the batch is rolled
 # back and run again, and that target then keeps the code they got.
 _CLAIM_BATCH = (
-    _BATCH  # noqa: S608 - built from constants only
+    _BATCH
     + """, need AS MATERIALIZED (
     -- LATERAL with LIMIT: one index probe per target. (NOT EXISTS would be planned as
     -- an anti join that hashes every recipient of the pool, which grows as it fills.)
@@ -588,10 +588,7 @@ _CLAIM_BATCH = (
     WHERE h.held IS NULL
 ), free AS MATERIALIZED (
     SELECT c.id FROM codes c
-    WHERE c.pool_id = $5 AND c.status = 'available' AND c.id > $10
-      AND NOT EXISTS (SELECT 1 FROM redemptions r
-                      WHERE r.code_id = c.id AND r.status = 'held'
-                        AND r.hold_expires_at > now())
+    WHERE c.pool_id = $5 AND c.id > $10 AND {free_c}
     ORDER BY c.id
     LIMIT (SELECT count(*) FROM need)
     FOR UPDATE SKIP LOCKED
@@ -622,7 +619,7 @@ SELECT (SELECT max(seq) FROM batch) AS last_seq,
        (SELECT count(*) FROM need) AS needed,
        (SELECT count(*) FROM claimed) AS claimed,
        (SELECT max(id) FROM claimed) AS max_id
-"""
+""".format(free_c=free("c"))  # noqa: S608 - built from constants only
 )
 
 _SHARE_BATCH = (
@@ -690,10 +687,10 @@ class _Shortage(Exception):
     """Codes ran out while a confirm was running (taken by concurrent claims)."""
 
 
-def _lock_id(delivery_id: uuid.UUID) -> int:
+def _lock_name(delivery_id: uuid.UUID) -> str:
     """The advisory lock a running confirm holds on its connection; it is free again the
     moment that connection ends, so a crashed confirm is recognised as such."""
-    return int.from_bytes(delivery_id.bytes[:8], "big", signed=True)
+    return locks.name(locks.Namespace.CONFIRM, delivery_id)
 
 
 @dataclass
@@ -742,17 +739,13 @@ class Confirmations:
         async with self.pool.acquire() as connection:
             stale = await connection.fetch("SELECT id FROM deliveries WHERE status = 'sending'")
             for row in stale:
-                if await connection.fetchval(
-                    "SELECT pg_try_advisory_lock($1)", _lock_id(row["id"])
-                ):
+                if await connection.fetchval(locks.TRY_SESSION_LOCK, _lock_name(row["id"])):
                     try:
                         run = await _run_of(connection, row["id"])
                         if run is not None:
                             await _fail(connection, run, "interrupted: the service restarted")
                     finally:
-                        await connection.execute(
-                            "SELECT pg_advisory_unlock($1)", _lock_id(row["id"])
-                        )
+                        await connection.execute(locks.SESSION_UNLOCK, _lock_name(row["id"]))
 
     async def confirm(
         self, *, delivery_id: str, actor: ApiKey, wait: float
@@ -845,7 +838,7 @@ async def _run_of(connection: asyncpg.Connection, key: uuid.UUID) -> _Run | None
 async def _begin(connection: asyncpg.Connection, key: uuid.UUID, actor: ApiKey) -> _Run | None:
     """Take the delivery's lock, check it can be confirmed, and mark it ``sending``.
     None when there is nothing to start: finished, or confirming in another process."""
-    if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _lock_id(key)):
+    if not await connection.fetchval(locks.TRY_SESSION_LOCK, _lock_name(key)):
         exists = await connection.fetchval("SELECT 1 FROM deliveries WHERE id = $1", key)
         if exists is None:
             raise NotFound(f"No delivery has the id '{key}'.")
@@ -858,7 +851,7 @@ async def _begin(connection: asyncpg.Connection, key: uuid.UUID, actor: ApiKey) 
             if status is None:
                 raise NotFound(f"No delivery has the id '{key}'.")
             if status == DeliveryStatus.finished:
-                await connection.execute("SELECT pg_advisory_unlock($1)", _lock_id(key))
+                await connection.execute(locks.SESSION_UNLOCK, _lock_name(key))
                 return None
             if status == DeliveryStatus.sending:
                 # Sending, but nobody holds its lock: the process that ran it is gone.
@@ -870,7 +863,7 @@ async def _begin(connection: asyncpg.Connection, key: uuid.UUID, actor: ApiKey) 
         assert run is not None
         return run
     except BaseException:
-        await connection.execute("SELECT pg_advisory_unlock($1)", _lock_id(key))
+        await connection.execute(locks.SESSION_UNLOCK, _lock_name(key))
         raise
 
 

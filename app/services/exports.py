@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.csv_guard import cell_sql
 from app.models.code import CodeStatus
 from app.models.coupon_set import CouponSet
 from app.services import pools
@@ -56,25 +57,12 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("metadata", "c.metadata::text", True),
 )
 
-# A cell starting with one of these is run as a formula by spreadsheets (CSV injection);
-# a leading apostrophe makes it text.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_FORMULA_SQL = "ARRAY['=', '+', '-', '@', E'\\t', E'\\r']"
-
-
-def _neutralised(expression: str) -> str:
-    return (
-        f"CASE WHEN left({expression}, 1) = ANY ({_FORMULA_SQL}) "
-        f"THEN '''' || {expression} ELSE {expression} END"
-    )
-
 
 def _select(*, neutralise: bool) -> str:
     """The rows of one chunk: $1 set, $2 after this id, $3 up to this id, $4 status or
     NULL, $5 pool or NULL. Uses ix_codes_set_id_id."""
     columns = ",\n  ".join(
-        f"{_neutralised(sql) if neutralise and free else sql} AS {name}"
-        for name, sql, free in COLUMNS
+        f"{cell_sql(sql) if neutralise and free else sql} AS {name}" for name, sql, free in COLUMNS
     )
     return f"""
 SELECT {columns}

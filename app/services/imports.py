@@ -47,6 +47,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import locks
+from app.csv_guard import cell
 from app.db import session_driver
 from app.errors import (
     AppError,
@@ -384,15 +386,15 @@ def _reader(options: ImportOptions) -> Reader:
 
 # --------------------------------------------------------------------------- jobs
 
-_JOB_LOCK = "SELECT pg_advisory_lock(hashtextextended('import-job/' || $1::uuid, 0))"
-_JOB_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('import-job/' || $1::uuid, 0))"
-_JOB_TRY = "SELECT pg_try_advisory_lock(hashtextextended('import-job/' || $1::uuid, 0))"
+
+def _job_lock(job_id: uuid.UUID) -> str:
+    return locks.name(locks.Namespace.IMPORT_JOB, job_id)
 
 
 async def _alive(conn: asyncpg.Connection, job_id: uuid.UUID) -> bool:
     """Whether a process still runs the job: its connection holds the job's lock."""
-    if await conn.fetchval(_JOB_TRY, job_id):
-        await conn.fetchval(_JOB_UNLOCK, job_id)
+    if await conn.fetchval(locks.TRY_SESSION_LOCK, _job_lock(job_id)):
+        await conn.fetchval(locks.SESSION_UNLOCK, _job_lock(job_id))
         return False
     return True
 
@@ -522,8 +524,10 @@ class _Job:
         (set, kind, checksum) is held until the transaction ends, so two uploads of the
         same file cannot both import it."""
         await self.conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"import/{self.coupon_set.id}/{self.options.kind}/{self.checksum}",
+            locks.XACT_LOCK,
+            locks.name(
+                locks.Namespace.IMPORT, self.coupon_set.id, self.options.kind, self.checksum
+            ),
         )
         if self.options.force:
             return None
@@ -688,7 +692,7 @@ class _Job:
         try:
             if not self.conn.is_closed():
                 await self.conn.execute("DROP TABLE IF EXISTS import_staging")
-                await self.conn.fetchval(_JOB_UNLOCK, self.id)
+                await self.conn.fetchval(locks.SESSION_UNLOCK, _job_lock(self.id))
         except Exception:
             logger.exception("closing the connection of import job %s", self.id)
             self.conn.terminate()
@@ -1023,7 +1027,7 @@ async def start_import(
             if options.kind is ImportKind.codes
             else _RedemptionRows(coupon_set, options)
         )
-        await conn.fetchval(_JOB_LOCK, job_id)
+        await conn.fetchval(locks.SESSION_LOCK, _job_lock(job_id))
         await conn.execute(
             "INSERT INTO import_jobs (id, set_id, kind, status, format, mode, filename, "
             "options, api_key_id, idempotency_key, started_at) "
@@ -1120,15 +1124,6 @@ async def list_jobs(
     return list((await session.execute(paginate(stmt, ImportJob, params))).scalars())
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    # A spreadsheet would run a cell starting like a formula.
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
 async def error_report(pool: asyncpg.Pool, job_id: uuid.UUID) -> AsyncIterator[bytes]:
     """The whole report as CSV (line, code, reason), read in keyset batches."""
     out = io.StringIO()
@@ -1149,5 +1144,5 @@ async def error_report(pool: asyncpg.Pool, job_id: uuid.UUID) -> AsyncIterator[b
         last = rows[-1]["id"]
         out.seek(0)
         out.truncate()
-        writer.writerows([r["line"], _cell(r["code"]), _cell(r["reason"])] for r in rows)
+        writer.writerows([r["line"], cell(r["code"]), cell(r["reason"])] for r in rows)
         yield out.getvalue().encode()
