@@ -16,10 +16,11 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.embedded import EmbeddedPostgres
+from app.http_limits import BoundedHttpToolsProtocol
 from app.logging import configure_logging
 from app.main import create_app
 from app.migrations import upgrade
-from app.settings import Settings, redact_url
+from app.settings import Settings, describe, redact_url
 
 logger = logging.getLogger("app.serve")
 
@@ -44,7 +45,14 @@ def _database(settings: Settings) -> Iterator[str]:
 def _serve(settings: Settings, database_url: str) -> None:
     if settings.workers == 1:
         app = create_app(settings, database_url=database_url)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
+        BoundedHttpToolsProtocol.limits = settings
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            http=BoundedHttpToolsProtocol,
+        )
         uvicorn.Server(config).run()
         return
     # Worker processes build their app from the environment; the embedded server's URL
@@ -57,6 +65,7 @@ def _serve(settings: Settings, database_url: str) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        http="app.http_limits:BoundedHttpToolsProtocol",  # reads the environment
     )
 
 
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"Invalid configuration:\n{exc}", file=sys.stderr)
+        print("Invalid configuration:", *describe(exc), sep="\n  ", file=sys.stderr)
         return 2
     configure_logging(settings)
     # uvicorn re-raises the signal after its graceful shutdown; this handler turns that

@@ -1,11 +1,22 @@
 """The one settings object, read from the environment once at start."""
 
+import types
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import annotated_types
 from limits import parse
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -44,7 +55,9 @@ class Settings(BaseSettings):
 
     environment: Environment = "development"
     database_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("DATABASE_URL", "COUPONS_DATABASE_URL")
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "COUPONS_DATABASE_URL"),
+        description="a PostgreSQL URL, postgresql://user:password@host:5432/database",
     )
     data_dir: Path = Field(default=Path(".data"), description="embedded PostgreSQL data folder")
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("HOST", "COUPONS_HOST"))
@@ -66,6 +79,11 @@ class Settings(BaseSettings):
     confirm_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
     # Connections one confirm works on at once (its batches are independent).
     confirm_workers: int = Field(default=2, ge=1, le=16)
+    # Request heads (request line + headers): bounded before they are buffered (431), and
+    # a connection must finish each head in time (slowloris); see app/http_limits.py.
+    max_header_bytes: int = Field(default=65_536, ge=4096, le=1_048_576)
+    max_headers: int = Field(default=100, ge=10, le=1000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Import uploads are streamed, never held whole, so their bound is a policy, not memory.
     max_upload_bytes: int = Field(default=209_715_200, ge=1024)
     # Concurrent assignments of one pool are claimed together, one statement per batch.
@@ -116,6 +134,67 @@ class Settings(BaseSettings):
                 "(the embedded PostgreSQL is for development and tests)"
             )
         return self
+
+
+def _variable(name: str, field: FieldInfo | None) -> str:
+    """The environment variable a field is read from."""
+    alias = field.validation_alias if field else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    if field is None:  # already an alias (DATABASE_URL, HOST, PORT)
+        return name
+    return f"COUPONS_{name.upper()}"
+
+
+def _expected(field: FieldInfo) -> str:
+    """The form a field's value takes, in words."""
+    annotation: Any = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(choice) for choice in typing.get_args(annotation))
+    bounds = []
+    for rule in field.metadata:
+        for attribute, words in (("ge", "at least"), ("gt", "more than"), ("le", "at most")):
+            if isinstance(rule, getattr(annotated_types, attribute.capitalize())):
+                bounds.append(f"{words} {getattr(rule, attribute)}")
+    kind = {
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        Path: "a folder path",
+        SecretStr: "a secret of at least 24 characters",
+    }.get(annotation, field.description or "text")
+    return kind + (" " + " and ".join(bounds) if bounds else "")
+
+
+_SECRET_FIELDS = {"admin_api_key", "database_url", "DATABASE_URL"}
+
+
+def describe(error: ValidationError) -> list[str]:
+    """One line per bad variable: its name, what is wrong with its value, the form it
+    takes. Secret values (keys, URLs with passwords) are never repeated."""
+    fields = Settings.model_fields
+    lines = []
+    for problem in error.errors():
+        reason = problem["msg"].removeprefix("Value error, ")
+        if not problem["loc"]:
+            lines.append(f"configuration: {reason}")
+            continue
+        name = str(problem["loc"][0])
+        field = fields.get(name)
+        if field is None:
+            field = next(
+                (f for f in fields.values() if _variable("", f) == name),
+                None,
+            )
+            name = name if field is None else _variable("", field)
+        else:
+            name = _variable(name, field)
+        shown = "" if name in _SECRET_FIELDS or "KEY" in name else f" = {problem['input']!r}"
+        expected = f" (expected {_expected(field)})" if field is not None else ""
+        lines.append(f"{name}{shown}: {reason}{expected}")
+    return lines
 
 
 @lru_cache

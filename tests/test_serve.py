@@ -84,6 +84,10 @@ def test_run_serves_on_an_embedded_database_and_keeps_its_data(tmp_path: Path) -
 
     third = Server(data_dir)
     fetched = httpx.get(f"{third.url}/v1/coupon-sets/kept", headers=headers)
+    # The server `make run` starts bounds request heads (app/http_limits.py).
+    crowded = httpx.get(f"{third.url}/healthz", headers={f"X-{i}": "v" for i in range(150)})
     third.stop(signal.SIGTERM)
     assert fetched.status_code == 200
     assert fetched.json()["label"] == "Kept"
+    assert crowded.status_code == 431
+    assert crowded.headers["content-type"] == "application/problem+json"

@@ -1,7 +1,11 @@
+import os
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings, redact_url, to_asyncpg_url
+from app.settings import Settings, describe, redact_url, to_asyncpg_url
 
 
 @pytest.mark.parametrize(
@@ -58,3 +62,39 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_bad_configuration_is_one_line_per_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "abc")
+    monkeypatch.setenv("COUPONS_LOG_FORMAT", "xml")
+    monkeypatch.setenv("COUPONS_DB_POOL_TIMEOUT", "-1")
+    monkeypatch.setenv("COUPONS_ADMIN_API_KEY", "short-secret")
+    monkeypatch.setenv("DATABASE_URL", "mysql://user:hunter2@db/x")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    lines = describe(caught.value)
+    assert len(lines) == 5
+    by_name = {line.split(" ", 1)[0].rstrip(":"): line for line in lines}
+    assert "PORT = 'abc'" in by_name["PORT"]
+    assert "expected a whole number at least 1 and at most 65535" in by_name["PORT"]
+    assert "expected one of text, json" in by_name["COUPONS_LOG_FORMAT"]
+    assert "expected a number more than 0" in by_name["COUPONS_DB_POOL_TIMEOUT"]
+    assert "postgresql://" in by_name["DATABASE_URL"]
+    text = "\n".join(lines)
+    assert "hunter2" not in text, "secrets are not repeated"
+    assert "short-secret" not in text
+    assert "pydantic" not in text
+
+
+def test_the_server_refuses_a_bad_configuration_plainly() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUPONS_")}
+    env |= {"COUPONS_WORKERS": "0", "DATABASE_URL": "postgresql://u@127.0.0.1:1/x"}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "Invalid configuration:",
+        "  COUPONS_WORKERS = '0': Input should be greater than or equal to 1 "
+        "(expected a whole number at least 1 and at most 64)",
+    ]
