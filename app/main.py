@@ -152,7 +152,11 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     app.state.import_tasks = set()
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
-    app.state.redeem_limiter = RateLimiter(settings.redeem_rate_limit, processes=settings.workers)
+    app.state.redeem_limiter = RateLimiter(
+        settings.redeem_rate_limit,
+        processes=settings.workers,
+        storage=settings.rate_limit_storage.get_secret_value(),
+    )
     routers = (
         health.router,
         api_keys.router,

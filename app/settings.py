@@ -101,6 +101,23 @@ class Settings(BaseSettings):
         ),
     )
 
+    rate_limit_storage: SecretStr = Field(  # a Redis URI may carry a password
+        default=SecretStr("memory://"),
+        description=(
+            "where rate limit windows live: memory:// (each process its share) or "
+            "redis://host:6379/0 (one window shared by every process and instance)"
+        ),
+    )
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _known_storage(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(
+            ("memory://", "redis://", "rediss://", "redis+unix://")
+        ):
+            raise ValueError("must be memory:// or a redis://, rediss:// or redis+unix:// URI")
+        return value
+
     @field_validator("redeem_rate_limit")
     @classmethod
     def _parseable_rate(cls, value: str) -> str:
@@ -163,12 +180,12 @@ def _expected(field: FieldInfo) -> str:
         float: "a number",
         bool: "true or false",
         Path: "a folder path",
-        SecretStr: "a secret of at least 24 characters",
+        SecretStr: field.description or "a secret of at least 24 characters",
     }.get(annotation, field.description or "text")
     return kind + (" " + " and ".join(bounds) if bounds else "")
 
 
-_SECRET_FIELDS = {"admin_api_key", "database_url", "DATABASE_URL"}
+_SECRET_VARIABLES = {"COUPONS_ADMIN_API_KEY", "DATABASE_URL", "COUPONS_RATE_LIMIT_STORAGE"}
 
 
 def describe(error: ValidationError) -> list[str]:
@@ -191,7 +208,7 @@ def describe(error: ValidationError) -> list[str]:
             name = name if field is None else _variable("", field)
         else:
             name = _variable(name, field)
-        shown = "" if name in _SECRET_FIELDS or "KEY" in name else f" = {problem['input']!r}"
+        shown = "" if name in _SECRET_VARIABLES else f" = {problem['input']!r}"
         expected = f" (expected {_expected(field)})" if field is not None else ""
         lines.append(f"{name}{shown}: {reason}{expected}")
     return lines
