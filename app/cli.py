@@ -2,7 +2,9 @@
 
 It talks only to the HTTP API (COUPONS_URL, COUPONS_API_KEY), so it works against any
 deployment. Errors are one line on stderr, from the problem body, and a non-zero exit:
-1 when the service (or the network) refused, 2 for a usage error. Progress goes to
+1 when the service (or the network) refused, 2 for a usage error; ``coupons import``
+exits 3 when the import succeeded but rejected rows (0: every row accepted or a
+duplicate). Progress goes to
 stderr, results to stdout. The API key is never printed."""
 
 import enum
@@ -40,6 +42,7 @@ app.add_typer(api_key_app, name="api-key")
 err = Console(stderr=True, highlight=False)
 DEFAULT_URL = "http://127.0.0.1:8000"
 _RETRIES = 3  # attempts of a request that failed on the network or with a 503
+EXIT_REJECTED = 3  # `coupons import`: the job succeeded, but some rows were rejected
 
 
 class Failure(Exception):
@@ -293,10 +296,33 @@ def import_file(
         f"{job.get('accepted', 0):,} accepted, {job.get('duplicates', 0):,} duplicates, "
         f"{job.get('rejected', 0):,} rejected"
     )
-    for error in (job.get("errors") or [])[:10]:
-        typer.echo(f"  line {error.get('line')}: {error.get('code')!r}: {error.get('reason')}")
+    errors = job.get("errors") or []
+    for error in errors[:10]:
+        code = error.get("code")
+        shown = f"{code!r}: " if code is not None else ""
+        typer.echo(f"  line {error.get('line')}: {shown}{error.get('reason')}")
+    if any(_undecoded(error) for error in errors):
+        err.print(
+            f"hint: some bytes are not {encoding}: pass the file's encoding, "
+            "e.g. --encoding latin-1 or --encoding cp1252",
+            soft_wrap=True,
+        )
     if job["status"] != "succeeded":
         _fail(Failure(f"import {job['status']}: {job.get('error') or 'see the errors above'}"))
+    if not job.get("rows_read"):
+        _fail(
+            Failure(
+                f"no rows were read from {file.name}: is it a {format.value.upper()} file "
+                f"in {encoding}? (see --format, --encoding, --delimiter, --header)"
+            )
+        )
+    if job.get("rejected"):
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def _undecoded(error: dict[str, Any]) -> bool:
+    """Whether a rejected row holds bytes the encoding could not read (shown as U+FFFD)."""
+    return "\ufffd" in str(error.get("code") or "") or "decode" in str(error.get("reason"))
 
 
 # ------------------------------------------------------------------------------ export

@@ -145,7 +145,7 @@ async def test_import_uploads_a_file_and_reports_the_job(
         "--code-column", "voucher", "--delimiter", ";",
         url=live_server,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # row 4 has no code: rejected
     assert "succeeded" in done.stdout
     assert "2 accepted" in done.stdout
     listed = await live.get("/v1/coupon-sets/cli-import/codes", params={"pool": "soccer"})
@@ -153,7 +153,7 @@ async def test_import_uploads_a_file_and_reports_the_job(
 
     again = coupons("import", str(source), "--set", "cli-import", "--pool", "soccer",
                     "--code-column", "2", "--delimiter", ";", url=live_server)  # fmt: skip
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 3, again.stderr  # the first job, replayed
     listed = await live.get("/v1/coupon-sets/cli-import/codes", params={"pool": "soccer"})
     assert len(listed.json()["items"]) == 2  # nothing doubled
 
@@ -166,3 +166,35 @@ async def test_import_uploads_a_file_and_reports_the_job(
     assert strict.stderr.strip().splitlines()[-1].startswith("error: import failed")
     listed = await live.get("/v1/coupon-sets/cli-import/codes", params={"code": "IMP-0003"})
     assert "IMP-0003" not in [c["code"] for c in listed.json()["items"]]
+
+
+async def test_import_exit_codes_say_what_happened_to_the_rows(
+    live: httpx.AsyncClient, live_server: str, tmp_path: Path
+) -> None:
+    await create_set(live, key="cli-exit")
+
+    clean = tmp_path / "clean.csv"
+    clean.write_text("code\nEXIT-1\nEXIT-2\n")
+    done = coupons("import", str(clean), "--set", "cli-exit", url=live_server)
+    assert done.returncode == 0, done.stderr
+    again = coupons("import", str(clean), "--set", "cli-exit", "--no-header", url=live_server)
+    assert again.returncode == 0, again.stderr  # the header row and two duplicates: no reject
+
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text('code,other\nEXIT-3,x\n,y\n"EXIT-4\n')
+    rejected = coupons("import", str(mixed), "--set", "cli-exit", url=live_server)
+    assert rejected.returncode == 3, rejected.stdout + rejected.stderr
+    assert "rejected" in rejected.stdout
+    assert "None" not in rejected.stdout, "a row without a code shows no code, not None"
+
+    binary = tmp_path / "codes.bin"
+    binary.write_bytes(bytes(range(256)) * 8)
+    unreadable = coupons("import", str(binary), "--set", "cli-exit", url=live_server)
+    assert unreadable.returncode != 0
+    assert "--encoding" in unreadable.stdout + unreadable.stderr
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("code\nCAFÉ-1\n".encode("latin-1"))
+    misread = coupons("import", str(latin), "--set", "cli-exit", url=live_server)
+    assert misread.returncode != 0
+    assert "--encoding" in misread.stderr
