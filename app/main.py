@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import __version__, idempotency
+from app import __version__, docs_pages, idempotency
 from app.assign_fast_path import AssignFastPath
 from app.db import create_driver_pool, create_engine, create_sessionmaker
 from app.errors import Problem, install_error_handlers
@@ -144,6 +144,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # app/docs_pages.py serves /docs and /redoc without a CDN
         redoc_url=None,
         # operationIds are the Python function names: stable, readable in generated clients.
         generate_unique_id_function=lambda route: route.name,
@@ -172,6 +173,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
+    docs_pages.install(app)
 
     Instrumentator(excluded_handlers=["/metrics"], registry=app.state.metrics_registry).instrument(
         app
