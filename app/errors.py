@@ -165,6 +165,10 @@ class Voided(Conflict):
     slug, title = "voided", "The code has been voided"
 
 
+class NotReturnable(Conflict):
+    slug, title = "code-not-returnable", "Only an assigned, unused code can be returned"
+
+
 class AmbiguousCode(Conflict):
     slug, title = "ambiguous-code", "Several coupon sets hold this code; name the set"
 

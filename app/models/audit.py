@@ -21,6 +21,7 @@ class AuditAction(enum.StrEnum):
     rollback = "rollback"
     void = "void"
     unassign = "unassign"
+    return_ = "return"  # an assigned code given back to its pool (a bounced message)
     add_codes = "add_codes"
     generate_codes = "generate_codes"
     import_codes = "import_codes"

@@ -112,6 +112,15 @@ MAX_CODES_PER_REQUEST = 10_000
 MAX_GENERATE = 1_000_000
 
 
+class CodeReturn(WriteModel):
+    reason: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Why the code comes back (kept in the audit trail), e.g. 'bounced'.",
+        examples=["bounced"],
+    )
+
+
 class CodesAdd(WriteModel):
     checked_per_item = frozenset({"codes"})
     codes: list[str] = Field(min_length=1, max_length=MAX_CODES_PER_REQUEST)

@@ -10,6 +10,7 @@ from app.errors import (
     AlreadyRedeemed,
     CodeSpaceTooSmall,
     NotFound,
+    NotReturnable,
     WrongSetKind,
     problem_responses,
 )
@@ -18,6 +19,7 @@ from app.models.code import (
     Code,
     CodePage,
     CodePublic,
+    CodeReturn,
     CodesAdd,
     CodesAdded,
     CodesGenerate,
@@ -127,6 +129,37 @@ async def get_code(
     _: ReadKey, coupon_set: CouponSetRef, code: CodeParam, session: Session
 ) -> CodePublic:
     return _public(*await codes.get_code(session, coupon_set=coupon_set, code=code))
+
+
+@router.post(
+    "/{code}/return",
+    summary="Give an assigned code back to its pool",
+    description="For a code handed out by an assignment whose message bounced: the code "
+    "becomes available again and its recipient holds no code of the pool any more "
+    "(audited as `return`, with the optional `reason`). Only an assigned code that was "
+    "not redeemed and is not held at a checkout; anything else, a second return "
+    "included, is a `409` `code-not-returnable`. Codes a delivery handed out are given "
+    "back per target with `POST /v1/deliveries/{delivery_id}/failures`.",
+    responses=problem_responses(NotFound, WrongSetKind, NotReturnable),
+)
+async def return_code(
+    _: WriteKey,
+    coupon_set: CouponSetRef,
+    code: CodeParam,
+    session: Session,
+    key: IdempotencyKey,
+    body: CodeReturn | None = None,
+) -> CodePublic:
+    return _public(
+        *await codes.return_code(
+            session,
+            coupon_set=coupon_set,
+            code=code,
+            reason=body.reason if body else None,
+            actor=_,
+            idempotency_key=key,
+        )
+    )
 
 
 @router.post(

@@ -7,10 +7,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import AlreadyRedeemed, CodeSpaceTooSmall, NotFound, WrongSetKind
+from app.errors import (
+    AlreadyRedeemed,
+    CodeSpaceTooSmall,
+    NotFound,
+    NotReturnable,
+    WrongSetKind,
+)
 from app.models.api_key import ApiKey
 from app.models.audit import AuditAction
 from app.models.code import (
@@ -26,6 +32,7 @@ from app.models.code import (
 )
 from app.models.coupon_set import CouponSet, MatchMode, SetKind
 from app.models.pool import Pool
+from app.models.redemption import Redemption, RedemptionStatus
 from app.pagination import PageParams, decode_id_cursor
 from app.services import audit, pools
 
@@ -327,6 +334,55 @@ async def void_code(
             recipient_id=row.recipient_id,
             idempotency_key=idempotency_key,
         )
+    return row, pool_name
+
+
+async def return_code(
+    session: AsyncSession,
+    *,
+    coupon_set: CouponSet,
+    code: str,
+    reason: str | None,
+    actor: ApiKey,
+    idempotency_key: str | None,
+) -> tuple[Code, str]:
+    """Give an assigned code back to its pool (its message bounced, say): it becomes
+    available again for anyone. Only an assigned code that was not redeemed and is not
+    held at a checkout; the code's row lock orders this against a redemption of it."""
+    row, pool_name = await get_code(session, coupon_set=coupon_set, code=code, for_update=True)
+    if row.status != CodeStatus.assigned:
+        raise NotReturnable(
+            f"The code '{row.code}' is {row.status}: only an assigned code can be returned."
+        )
+    held = await session.scalar(
+        select(
+            exists().where(
+                Redemption.code_id == row.id,
+                Redemption.status == RedemptionStatus.held.value,
+                Redemption.hold_expires_at > func.now(),
+            )
+        )
+    )
+    if held:
+        raise NotReturnable(
+            f"The code '{row.code}' is held at a checkout; release or confirm the hold first."
+        )
+    recipient_id, delivery_id = row.recipient_id, row.delivery_id
+    row.status = CodeStatus.available.value
+    row.recipient_id = row.address = row.channel = row.delivery_id = None
+    row.assigned_at = None
+    await session.flush()
+    await session.refresh(row)
+    await audit.record(
+        session,
+        action=AuditAction.return_,
+        actor=actor,
+        set_id=coupon_set.id,
+        code=row.code,
+        recipient_id=recipient_id,
+        idempotency_key=idempotency_key,
+        details={"reason": reason, "delivery_id": delivery_id},
+    )
     return row, pool_name
 
 

@@ -4,7 +4,7 @@ import re
 import httpx
 import pytest
 
-from tests.helpers import add_codes, assign, create_set, problem_type
+from tests.helpers import add_codes, assign, create_set, problem_type, redeem
 
 
 @pytest.fixture
@@ -192,3 +192,53 @@ async def test_unstorable_codes_are_rejected_one_by_one(
     report = response.json()
     assert report["accepted"] == 1
     assert [r["index"] for r in report["rejected"]] == [1, 2]  # type: ignore[attr-defined]
+
+
+async def test_an_assigned_code_can_be_returned_to_its_pool(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    await add_codes(client, set_key, ["R-1"])
+    assert (await assign(client, set_key, "alice")).json()["code"] == "R-1"
+    returned = await client.post(
+        f"/v1/coupon-sets/{set_key}/codes/r1/return", json={"reason": "bounced"}
+    )
+    assert returned.status_code == 200, returned.text
+    assert returned.json()["status"] == "available"
+    assert returned.json()["recipient_id"] is None
+    trail = (await client.get(f"/v1/coupon-sets/{set_key}/audit")).json()["items"]
+    entry = next(e for e in trail if e["action"] == "return")
+    assert (entry["code"], entry["recipient_id"]) == ("R-1", "alice")
+    assert entry["details"]["reason"] == "bounced"
+    # Back in the pool: the next recipient gets it, and alice may get one again.
+    assert (await assign(client, set_key, "bob")).json()["code"] == "R-1"
+    assert problem_type(await assign(client, set_key, "alice")) == "pool-exhausted"
+
+
+async def test_only_an_assigned_unused_code_can_be_returned(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    await add_codes(client, set_key, ["N-1", "N-2", "N-3", "N-4"])
+    path = f"/v1/coupon-sets/{set_key}/codes/{{}}/return"
+    free = await client.post(path.format("N-1"))
+    assert (free.status_code, problem_type(free)) == (409, "code-not-returnable")
+
+    given = (await assign(client, set_key, "carol")).json()["code"]
+    assert (await client.post(path.format(given))).status_code == 200
+    twice = await client.post(path.format(given))
+    assert (twice.status_code, problem_type(twice)) == (409, "code-not-returnable")
+
+    used = (await assign(client, set_key, "dave")).json()["code"]
+    await redeem(client, used)
+    redeemed = await client.post(path.format(used))
+    assert problem_type(redeemed) == "code-not-returnable"
+
+    kept = (await assign(client, set_key, "erin")).json()["code"]
+    await redeem(client, kept, hold_seconds=600)
+    held = await client.post(path.format(kept))
+    assert problem_type(held) == "code-not-returnable"
+    assert "held" in held.json()["detail"]
+
+    unknown = await client.post(path.format("NOPE"))
+    assert unknown.status_code == 404
+    listed = await client.get(f"/v1/coupon-sets/{set_key}/codes", params={"status": "assigned"})
+    assert [c["code"] for c in listed.json()["items"]] == [kept], "refusals change nothing"
