@@ -4,9 +4,10 @@ import types
 import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import annotated_types
+from fastapi import Depends, Request
 from limits import parse
 from pydantic import (
     AliasChoices,
@@ -217,3 +218,13 @@ def describe(error: ValidationError) -> list[str]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+async def _app_settings(request: Request) -> Settings:
+    """The settings the app was created with (each test app has its own). Async: a plain
+    function would be run in a worker thread."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(_app_settings)]

@@ -1,11 +1,7 @@
 """/v1/deliveries: target lists, analysis, message limit, confirm, failures, preview and
 the rendered messages."""
 
-import csv
-import io
-import json
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from app.auth import ReadKey, WriteKey
-from app.csv_guard import cell
-from app.db import DriverPool, Session, session_driver
+from app.db import DriverPool, Session
 from app.errors import (
     DeliveryNotEditable,
     DeliveryNotFinished,
@@ -46,7 +41,8 @@ from app.models.delivery import (
 )
 from app.pagination import PageQuery, encode_cursor, next_id_cursor
 from app.services import deliveries
-from app.services.deliveries import Confirmations
+from app.services.deliveries import ConfirmationsDep
+from app.settings import SettingsDep
 
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"], route_class=IdempotentRoute)
 
@@ -131,10 +127,9 @@ _TARGETS_BODY: dict[str, Any] = {
 }
 
 
-async def _json_body(request: Request) -> bytes:
+async def _json_body(request: Request, limit: int) -> bytes:
     """A JSON list is parsed whole, so it keeps the ordinary body limit even though this
     route takes CSV uploads up to the upload limit."""
-    limit: int = request.app.state.settings.max_body_bytes
     body = bytearray()
     async for chunk in hashed_stream(request):
         body += chunk
@@ -160,12 +155,18 @@ async def _json_body(request: Request) -> bytes:
 )
 @streams_body
 async def add_recipients(
-    _: WriteKey, delivery_id: DeliveryId, request: Request, session: Session
+    _: WriteKey,
+    delivery_id: DeliveryId,
+    request: Request,
+    session: Session,
+    settings: SettingsDep,
 ) -> TargetsAdded:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "application/json":
         try:
-            body = TargetsAdd.model_validate_json(await _json_body(request))
+            body = TargetsAdd.model_validate_json(
+                await _json_body(request, settings.max_body_bytes)
+            )
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
@@ -226,20 +227,20 @@ async def analyze_delivery(_: WriteKey, delivery_id: DeliveryId, session: Sessio
     },
 )
 async def confirm_delivery(
-    caller: WriteKey, delivery_id: DeliveryId, request: Request, session: Session
+    caller: WriteKey,
+    delivery_id: DeliveryId,
+    session: Session,
+    confirmations: ConfirmationsDep,
+    settings: SettingsDep,
 ) -> Response:
-    runs: Confirmations = request.app.state.confirmations
-    wait = request.app.state.settings.confirm_wait_seconds
-    key, settled = await runs.confirm(delivery_id=delivery_id, actor=caller, wait=wait)
-    delivery = await deliveries.get_delivery(session, str(key))
-    if delivery.status == DeliveryStatus.failed and (delivery.failure_reason or "").startswith(
-        "insufficient-codes"
-    ):
-        raise InsufficientCodes(
-            f"The confirm failed and gave its codes back: {delivery.failure_reason}.",
-            delivery_status=delivery.status,
-        )
-    body = (await deliveries.public_of(session, delivery)).model_dump(mode="json")
+    delivery, settled = await deliveries.confirm_delivery(
+        session,
+        confirmations,
+        delivery_id=delivery_id,
+        actor=caller,
+        wait=settings.confirm_wait_seconds,
+    )
+    body = delivery.model_dump(mode="json")
     if settled:
         return JSONResponse(body)
     return JSONResponse(
@@ -257,9 +258,8 @@ async def confirm_delivery(
 async def report_failures(
     caller: WriteKey, delivery_id: DeliveryId, body: FailuresReport, session: Session
 ) -> FailuresRecorded:
-    connection = await session_driver(session)
     return await deliveries.record_failures(
-        connection, delivery_id=delivery_id, recipient_ids=body.recipient_ids, actor=caller
+        session, delivery_id=delivery_id, recipient_ids=body.recipient_ids, actor=caller
     )
 
 
@@ -277,9 +277,6 @@ async def preview_delivery(
     recipient_id: Annotated[str, Query(min_length=1, max_length=200)],
 ) -> Preview:
     return await deliveries.preview(session, delivery_id=delivery_id, recipient_id=recipient_id)
-
-
-_FIELDS = ("recipient_id", "address", "code", "subject", "body")
 
 
 @router.get(
@@ -305,36 +302,13 @@ async def export_messages(
     delivery_id: DeliveryId,
     session: Session,
     pool: DriverPool,
-    format: Literal["csv", "jsonl"] = "csv",
+    format: deliveries.Format = "csv",
 ) -> StreamingResponse:
-    delivery, coupon_set, compiled = await deliveries.messages_source(
-        session, delivery_id=delivery_id
-    )
-
-    async def lines() -> AsyncIterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        if format == "csv":
-            writer.writerow(_FIELDS)
-        count = 0
-        async for message in deliveries.messages(
-            pool, delivery=delivery, coupon_set=coupon_set, compiled=compiled
-        ):
-            if format == "csv":
-                writer.writerow([cell(message[f]) for f in _FIELDS])
-            else:
-                buffer.write(json.dumps(message, ensure_ascii=False) + "\n")
-            count += 1
-            if count % 500 == 0:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
-
+    source = await deliveries.messages_source(session, delivery_id=delivery_id)
     media_type = "text/csv; charset=utf-8" if format == "csv" else "application/jsonl"
-    name = f"delivery-{delivery.id}-messages.{format}"
+    name = f"delivery-{source.delivery.id}-messages.{format}"
     return StreamingResponse(
-        lines(),
+        deliveries.export_messages(pool, source, format=format),
         media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
