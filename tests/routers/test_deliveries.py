@@ -371,6 +371,35 @@ async def test_templates_that_could_escape_or_explode_are_refused(
 
 
 @pytest.mark.usefixtures("spring")
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
+        "{% if 1 %}" * 2000 + "x" + "{% endif %}" * 2000,
+        "{{ " + "[" * 3000 + "]" * 3000 + " }}",
+        "{{ " + "not " * 5000 + "1 }}",
+        "{{ " + "- " * 5000 + "1 }}",
+    ],
+)
+async def test_deeply_nested_templates_are_refused_not_a_crash(
+    client: httpx.AsyncClient, template: str
+) -> None:
+    body = {"label": "x", "coupon_set_id": "spring", "template": template}
+    response = await client.post("/v1/deliveries", json=body)
+    assert response.status_code == 422, response.text
+    assert problem_type(response) == "template-error"
+    assert response.json()["field"] == "template"
+    # The subject (at most 2,000 characters) is bounded alike.
+    subject = "{{ " + "(" * 60 + "1" + ")" * 60 + " }}"
+    body = {"label": "x", "coupon_set_id": "spring", "subject": subject}
+    assert problem_type(await client.post("/v1/deliveries", json=body)) == "template-error"
+    # A stored template is checked again wherever it is rendered (PATCH, preview).
+    delivery = await create_delivery(client, template="{{ coupon.code }}")
+    patched = await client.patch(f"/v1/deliveries/{delivery['id']}", json={"template": template})
+    assert problem_type(patched) == "template-error"
+
+
+@pytest.mark.usefixtures("spring")
 async def test_html_templates_escape_values_and_render_errors_are_problems(
     client: httpx.AsyncClient,
 ) -> None:

@@ -9,6 +9,12 @@ Three fences, each enough for what it guards:
   so rendering time is linear in the template's size;
 - the output is cut off at ``MAX_OUTPUT`` characters, with an error, never truncated
   silently.
+
+Jinja's parser and compiler recurse once per level of nesting, so a template nested a
+few thousand levels deep (brackets, ``if`` blocks) would exhaust Python's stack. The
+tokens are counted first (the lexer does not recurse): more than ``MAX_DEPTH`` levels is
+refused before parsing, and a recursion limit reached anyway (``not not not …``) is the
+same refusal.
 """
 
 from collections.abc import Iterable, Mapping
@@ -21,6 +27,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from app.errors import TemplateInvalid
 
 MAX_OUTPUT = 262_144
+MAX_DEPTH = 50
+_OPENING = frozenset({"(", "[", "{"})
+_CLOSING = frozenset({")", "]", "}"})
 # The names a template can use; anything else is a typo, reported at once.
 NAMES = frozenset({"coupon", "recipient", "coupon_set", "delivery"})
 # Filters that keep the output within a small multiple of their input.
@@ -127,6 +136,36 @@ def _check(field: str, tree: nodes.Template) -> None:
             raise _refuse(field, node, f"the test '{node.name}' is not allowed")
 
 
+def _check_depth(field: str, env: ImmutableSandboxedEnvironment, source: str) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH`` from the tokens, before any recursion."""
+    brackets = blocks = 0
+    after_block_begin = False
+    for line, kind, value in env.lex(source):
+        if kind == "operator" and value in _OPENING:
+            brackets += 1
+        elif kind == "operator" and value in _CLOSING:
+            brackets -= 1
+        elif after_block_begin and kind == "name":
+            blocks += value == "if"
+            blocks -= value == "endif"
+        if kind != "whitespace":
+            after_block_begin = kind == "block_begin"
+        if max(brackets, blocks) > MAX_DEPTH:
+            raise TemplateInvalid(
+                f"The {field} template, line {line}: nested more than {MAX_DEPTH} levels deep.",
+                field=field,
+                line=line,
+            )
+
+
+def _too_deep(field: str) -> TemplateInvalid:
+    return TemplateInvalid(
+        f"The {field} template is nested too deeply (at most {MAX_DEPTH} levels).",
+        field=field,
+        line=None,
+    )
+
+
 class Compiled:
     """A delivery's subject and body, checked and compiled once, rendered per message."""
 
@@ -140,15 +179,18 @@ class Compiled:
         if source is None:
             return None
         try:
+            _check_depth(field, env, source)
             tree = env.parse(source)
+            _check(field, tree)
+            return env.from_string(source)
         except TemplateSyntaxError as exc:
             raise TemplateInvalid(
                 f"The {field} template, line {exc.lineno}: {exc.message}.",
                 field=field,
                 line=exc.lineno,
             ) from None
-        _check(field, tree)
-        return env.from_string(source)
+        except RecursionError:
+            raise _too_deep(field) from None
 
     def render(self, context: Mapping[str, Any]) -> tuple[str | None, str | None]:
         return (
@@ -177,4 +219,6 @@ def _render(field: str, template: Any, context: Mapping[str, Any]) -> str | None
         raise TemplateInvalid(
             f"The {field} template could not be rendered: {exc}.", field=field, line=None
         ) from None
+    except RecursionError:
+        raise _too_deep(field) from None
     return "".join(parts)
