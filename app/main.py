@@ -35,9 +35,9 @@ from app.routers import (
     redemptions,
 )
 from app.services import api_keys as api_key_service
-from app.services import imports as import_service
 from app.services.assignments import ClaimCoalescer
 from app.services.deliveries import Confirmations
+from app.services.imports import ImportRunner
 from app.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
             workers=settings.confirm_workers,
         )
         await app.state.confirmations.recover()
-        await import_service.recover_interrupted(app.state.driver_pool)
+        app.state.import_runner = ImportRunner(app.state.driver_pool, app.state.sessionmaker)
+        await app.state.import_runner.recover()
         purge = asyncio.create_task(idempotency.purge_periodically(app.state.driver_pool))
         # What start-up built (modules, the app, its pools: some 140,000 objects) lives
         # as long as the process. Out of the collector's sight, a full collection no
@@ -134,8 +135,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         await asyncio.gather(purge, return_exceptions=True)
         await app.state.confirmations.stop()
         # Imports merging in the background finish before their connections close.
-        if app.state.import_tasks:
-            await asyncio.gather(*app.state.import_tasks, return_exceptions=True)
+        await app.state.import_runner.stop()
         await app.state.driver_pool.close()
         await engine.dispose()
 
@@ -150,7 +150,6 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
-    app.state.import_tasks = set()
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
     app.state.redeem_limiter = RateLimiter(

@@ -40,3 +40,28 @@ async def assign(
 
 async def redeem(client: httpx.AsyncClient, code: str, **fields: object) -> httpx.Response:
     return await client.post("/v1/redemptions", json={"code": code, **fields})
+
+
+async def import_codes(
+    client: httpx.AsyncClient,
+    set_ref: object,
+    content: bytes,
+    *,
+    filename: str = "codes.csv",
+    content_type: str = "text/csv",
+    headers: dict[str, str] | None = None,
+    **fields: str,
+) -> httpx.Response:
+    """A file of codes uploaded as the API takes it: form fields first, then the file."""
+    return await client.post(
+        f"/v1/coupon-sets/{set_ref}/imports",
+        data=fields,
+        files={"file": (filename, content, content_type)},
+        headers=headers,
+    )
+
+
+async def codes_of(client: httpx.AsyncClient, set_ref: object) -> list[dict[str, object]]:
+    response = await client.get(f"/v1/coupon-sets/{set_ref}/codes", params={"limit": 200})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]  # type: ignore[no-any-return]

@@ -12,7 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth import ReadKey, WriteKey
-from app.db import Session
+from app.db import DriverPool, Session
 from app.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -123,6 +123,7 @@ def _answer(started: imports.StartedImport, set_ref: str, kind: ImportKind) -> J
 
 async def _start(
     request: Request,
+    runner: imports.Runner,
     *,
     kind: ImportKind,
     actor: Any,
@@ -138,10 +139,7 @@ async def _start(
     options = imports.parse_options(
         upload.fields, kind=kind, content_type=upload.content_type, filename=upload.filename
     )
-    started = await imports.start_import(
-        pool=request.app.state.driver_pool,
-        sessionmaker=request.app.state.sessionmaker,
-        tasks=request.app.state.import_tasks,
+    started = await runner.start(
         coupon_set=coupon_set,
         options=options,
         filename=upload.filename,
@@ -192,12 +190,14 @@ def _upload_responses(*extra: Any) -> dict[int | str, dict[str, Any]]:
 )
 async def import_codes(
     request: Request,
+    runner: imports.Runner,
     key: WriteKey,
     coupon_set: CouponSetRef,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     return await _start(
         request,
+        runner,
         kind=ImportKind.codes,
         actor=key,
         coupon_set=coupon_set,
@@ -218,12 +218,14 @@ async def import_codes(
 )
 async def import_redemptions(
     request: Request,
+    runner: imports.Runner,
     key: WriteKey,
     coupon_set: CouponSetRef,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     return await _start(
         request,
+        runner,
         kind=ImportKind.redemptions,
         actor=key,
         coupon_set=coupon_set,
@@ -239,7 +241,7 @@ async def _list(
 
 
 async def _errors(
-    request: Request,
+    pool: DriverPool,
     session: Session,
     coupon_set: CouponSetRef,
     import_id: uuid.UUID,
@@ -249,7 +251,7 @@ async def _errors(
         session, coupon_set=coupon_set, kind=kind, job_id=import_id
     )
     return StreamingResponse(
-        imports.error_report(request.app.state.driver_pool, job.id),
+        imports.error_report(pool, job.id),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="import-{job.id}-errors.csv"'},
     )
@@ -298,13 +300,13 @@ async def get_import(
     responses={**_CSV_RESPONSE, **problem_responses(NotFound)},
 )
 async def get_import_errors(
-    request: Request,
+    pool: DriverPool,
     _: ReadKey,
     coupon_set: CouponSetRef,
     import_id: ImportId,
     session: Session,
 ) -> StreamingResponse:
-    return await _errors(request, session, coupon_set, import_id, ImportKind.codes)
+    return await _errors(pool, session, coupon_set, import_id, ImportKind.codes)
 
 
 @router.get(
@@ -341,10 +343,10 @@ async def get_redemption_import(
     responses={**_CSV_RESPONSE, **problem_responses(NotFound)},
 )
 async def get_redemption_import_errors(
-    request: Request,
+    pool: DriverPool,
     _: ReadKey,
     coupon_set: CouponSetRef,
     import_id: ImportId,
     session: Session,
 ) -> StreamingResponse:
-    return await _errors(request, session, coupon_set, import_id, ImportKind.redemptions)
+    return await _errors(pool, session, coupon_set, import_id, ImportKind.redemptions)

@@ -6,37 +6,11 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 
 from app.main import create_app
-from app.services import imports
 from app.settings import Settings
 from tests.conftest import make_client
-from tests.helpers import add_codes, create_set, problem_type
-
-
-async def upload(
-    client: httpx.AsyncClient,
-    set_ref: object,
-    content: bytes,
-    *,
-    filename: str = "codes.csv",
-    content_type: str = "text/csv",
-    headers: dict[str, str] | None = None,
-    **fields: str,
-) -> httpx.Response:
-    return await client.post(
-        f"/v1/coupon-sets/{set_ref}/imports",
-        data=fields,
-        files={"file": (filename, content, content_type)},
-        headers=headers,
-    )
-
-
-async def codes_of(client: httpx.AsyncClient, set_ref: object) -> list[dict[str, object]]:
-    response = await client.get(f"/v1/coupon-sets/{set_ref}/codes", params={"limit": 200})
-    assert response.status_code == 200, response.text
-    return response.json()["items"]  # type: ignore[no-any-return]
+from tests.helpers import add_codes, codes_of, create_set, import_codes, problem_type
 
 
 def reasons(job: dict[str, object]) -> dict[int, str]:
@@ -45,7 +19,7 @@ def reasons(job: dict[str, object]) -> dict[int, str]:
 
 async def test_import_csv_with_header_answers_a_finished_job(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    response = await upload(client, s["key"], b"code\nAAA-1\nBBB-2\n")
+    response = await import_codes(client, s["key"], b"code\nAAA-1\nBBB-2\n")
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "succeeded"
@@ -67,7 +41,7 @@ async def test_import_csv_with_header_answers_a_finished_job(client: httpx.Async
 
 async def test_bom_and_crlf_are_handled(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    job = (await upload(client, s["id"], b"\xef\xbb\xbfcode,note\r\nA1,x\r\nB2,y\r\n")).json()
+    job = (await import_codes(client, s["id"], b"\xef\xbb\xbfcode,note\r\nA1,x\r\nB2,y\r\n")).json()
     assert job["accepted"] == 2, job
     got = {c["code"]: c["metadata"] for c in await codes_of(client, s["id"])}
     assert got == {"A1": {"note": "x"}, "B2": {"note": "y"}}
@@ -75,7 +49,7 @@ async def test_bom_and_crlf_are_handled(client: httpx.AsyncClient) -> None:
 
 async def test_empty_lines_are_skipped(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    job = (await upload(client, s["id"], b"code\n\nA1\n\n\nB2\n\n")).json()
+    job = (await import_codes(client, s["id"], b"code\n\nA1\n\n\nB2\n\n")).json()
     assert (job["rows_read"], job["accepted"], job["rejected"]) == (2, 2, 0)
 
 
@@ -86,7 +60,7 @@ async def test_nul_bytes_wrong_column_counts_and_unbalanced_quotes_are_rejected_
     content = (
         b'code,note\nOK-1,a\nBAD\x00X,b\nOK-2\nOK-3,a,b\n"OK,4",c\n"BROKEN"x,d\nOK-5,e\n"OPEN,f\n'
     )
-    job = (await upload(client, s["id"], content)).json()
+    job = (await import_codes(client, s["id"], content)).json()
     assert job["accepted"] == 3, job  # OK-1, "OK,4", OK-5
     errors = reasons(job)
     assert errors[3] == "contains control characters or unpaired surrogates"
@@ -103,7 +77,7 @@ async def test_duplicates_within_the_file_and_against_the_set_are_reported(
 ) -> None:
     s = await create_set(client)
     await add_codes(client, s["id"], ["OLD-1"])
-    job = (await upload(client, s["id"], b"code\nNEW-1\nold 1\nNEW-2\nnew-1\n")).json()
+    job = (await import_codes(client, s["id"], b"code\nNEW-1\nold 1\nNEW-2\nnew-1\n")).json()
     assert (job["accepted"], job["duplicates"], job["rejected"]) == (2, 2, 0), job
     assert reasons(job) == {3: "already in the set", 5: "duplicate of line 2"}
     # The first occurrence wins.
@@ -112,8 +86,8 @@ async def test_duplicates_within_the_file_and_against_the_set_are_reported(
 
 async def test_duplicates_across_files(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    await upload(client, s["id"], b"code\nA1\nB2\n")
-    job = (await upload(client, s["id"], b"code\nB2\nC3\n")).json()
+    await import_codes(client, s["id"], b"code\nA1\nB2\n")
+    job = (await import_codes(client, s["id"], b"code\nB2\nC3\n")).json()
     assert (job["accepted"], job["duplicates"]) == (1, 1)
 
 
@@ -123,7 +97,7 @@ async def test_column_mapping_pool_column_and_metadata(client: httpx.AsyncClient
     assert r.status_code == 201, r.text
     content = b"ref;voucher;tier;campaign\n1;V-1;vip;spring\n2;V-2;;summer\n3;V-3;gold;x\n"
     job = (
-        await upload(
+        await import_codes(
             client,
             s["id"],
             content,
@@ -145,7 +119,7 @@ async def test_no_header_takes_the_first_column_and_numbers_the_rest(
     client: httpx.AsyncClient,
 ) -> None:
     s = await create_set(client)
-    job = (await upload(client, s["id"], b"A1,x\nB2,y\n", header="false")).json()
+    job = (await import_codes(client, s["id"], b"A1,x\nB2,y\n", header="false")).json()
     assert job["accepted"] == 2, job
     got = {c["code"]: c["metadata"] for c in await codes_of(client, s["id"])}
     assert got == {"A1": {"2": "x"}, "B2": {"2": "y"}}
@@ -153,7 +127,7 @@ async def test_no_header_takes_the_first_column_and_numbers_the_rest(
 
 async def test_an_unknown_column_is_a_validation_problem(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    response = await upload(client, s["id"], b"code\nA1\n", code_column="voucher")
+    response = await import_codes(client, s["id"], b"code\nA1\n", code_column="voucher")
     assert response.status_code == 422
     assert problem_type(response) == "validation-error"
     history = (await client.get(f"/v1/coupon-sets/{s['id']}/imports")).json()["items"]
@@ -163,7 +137,7 @@ async def test_an_unknown_column_is_a_validation_problem(client: httpx.AsyncClie
 async def test_quoted_line_breaks_and_undecodable_bytes(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
     content = b'code,note\r\n"A1","two\r\nlines"\r\nB\xff2,x\r\nC3,"bad \xfe"\r\nD4,y\r\n'
-    job = (await upload(client, s["id"], content)).json()
+    job = (await import_codes(client, s["id"], content)).json()
     assert job["accepted"] == 2, job
     assert reasons(job) == {
         4: "contains control characters or unpaired surrogates",
@@ -176,14 +150,14 @@ async def test_quoted_line_breaks_and_undecodable_bytes(client: httpx.AsyncClien
 async def test_other_encodings(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
     content = "code\nCAFÉ-1\n".encode("latin-1")
-    job = (await upload(client, s["id"], content, encoding="latin-1")).json()
+    job = (await import_codes(client, s["id"], content, encoding="latin-1")).json()
     assert job["accepted"] == 1
     assert (await codes_of(client, s["id"]))[0]["code"] == "CAFÉ-1"
 
 
 async def test_text_plain_is_one_code_per_line(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    response = await upload(
+    response = await import_codes(
         client,
         s["id"],
         b"A1\r\n\r\n  B2  \nA1\n",
@@ -199,26 +173,28 @@ async def test_all_or_nothing_brings_nothing_in_when_a_row_is_rejected(
     client: httpx.AsyncClient,
 ) -> None:
     s = await create_set(client)
-    job = (await upload(client, s["id"], b"code\nA1\n\x01\nB2\n", mode="all_or_nothing")).json()
+    job = (
+        await import_codes(client, s["id"], b"code\nA1\n\x01\nB2\n", mode="all_or_nothing")
+    ).json()
     assert job["status"] == "failed"
     assert job["accepted"] == 0
     assert job["rejected"] == 1
     assert "all_or_nothing" in job["error"]
     assert await codes_of(client, s["id"]) == []
-    ok = (await upload(client, s["id"], b"code\nA1\nB2\n", mode="all_or_nothing")).json()
+    ok = (await import_codes(client, s["id"], b"code\nA1\nB2\n", mode="all_or_nothing")).json()
     assert ok["status"] == "succeeded"
     assert ok["accepted"] == 2
 
 
 async def test_the_same_content_again_answers_the_first_job(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    first = await upload(client, s["id"], b"code\nA1\nB2\n")
-    again = await upload(client, s["id"], b"code\nA1\nB2\n", filename="other.csv")
+    first = await import_codes(client, s["id"], b"code\nA1\nB2\n")
+    again = await import_codes(client, s["id"], b"code\nA1\nB2\n", filename="other.csv")
     assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     history = (await client.get(f"/v1/coupon-sets/{s['id']}/imports")).json()["items"]
     assert len(history) == 1
-    forced = await upload(client, s["id"], b"code\nA1\nB2\n", force="true")
+    forced = await import_codes(client, s["id"], b"code\nA1\nB2\n", force="true")
     assert forced.status_code == 201
     assert forced.json()["duplicates"] == 2
 
@@ -226,20 +202,20 @@ async def test_the_same_content_again_answers_the_first_job(client: httpx.AsyncC
 async def test_idempotency_key_replays_the_job(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
     key = {"Idempotency-Key": str(uuid.uuid4())}
-    first = await upload(client, s["id"], b"code\nA1\n", headers=key)
-    again = await upload(client, s["id"], b"code\nA1\n", headers=key)
+    first = await import_codes(client, s["id"], b"code\nA1\n", headers=key)
+    again = await import_codes(client, s["id"], b"code\nA1\n", headers=key)
     assert again.status_code == 200
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
-    other = await upload(client, s["id"], b"code\nZZ\n", headers=key)
+    other = await import_codes(client, s["id"], b"code\nZZ\n", headers=key)
     assert other.status_code == 422
     assert problem_type(other) == "idempotency-key-reused"
 
 
 async def test_history_job_and_error_report(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    first = (await upload(client, s["id"], b"code\nA1\n")).json()
-    second = (await upload(client, s["id"], b"code\n=cmd\nA1\n\x02\n")).json()
+    first = (await import_codes(client, s["id"], b"code\nA1\n")).json()
+    second = (await import_codes(client, s["id"], b"code\n=cmd\nA1\n\x02\n")).json()
     page = (await client.get(f"/v1/coupon-sets/{s['key']}/imports", params={"limit": 1})).json()
     assert [j["id"] for j in page["items"]] == [second["id"]]
     rest = await client.get(
@@ -264,7 +240,7 @@ async def test_history_job_and_error_report(client: httpx.AsyncClient) -> None:
 async def test_formula_like_codes_are_defused_in_the_report(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
     await add_codes(client, s["id"], ["=SUM(A1)"])
-    job = (await upload(client, s["id"], b"code\n=SUM(A1)\n")).json()
+    job = (await import_codes(client, s["id"], b"code\n=SUM(A1)\n")).json()
     report = await client.get(f"/v1/coupon-sets/{s['id']}/imports/{job['id']}/errors.csv")
     assert report.text.splitlines()[1] == "2,'=SUM(A1),already in the set"
 
@@ -274,7 +250,7 @@ async def test_a_read_key_cannot_import(
 ) -> None:
     s = await create_set(client)
     async with await key_client("read") as reader:
-        response = await upload(reader, s["id"], b"code\nA1\n")
+        response = await import_codes(reader, s["id"], b"code\nA1\n")
         assert response.status_code == 403
         assert (await reader.get(f"/v1/coupon-sets/{s['id']}/imports")).status_code == 200
 
@@ -284,13 +260,15 @@ async def test_wrong_content_types_are_415(client: httpx.AsyncClient) -> None:
     as_json = await client.post(f"/v1/coupon-sets/{s['id']}/imports", json={"codes": ["A"]})
     assert as_json.status_code == 415
     assert problem_type(as_json) == "unsupported-media-type"
-    image = await upload(client, s["id"], b"\x89PNG", filename="a.png", content_type="image/png")
+    image = await import_codes(
+        client, s["id"], b"\x89PNG", filename="a.png", content_type="image/png"
+    )
     assert image.status_code == 415
 
 
 async def test_shared_sets_take_no_imports(client: httpx.AsyncClient) -> None:
     s = await create_set(client, kind="shared", shared_code="SPRING")
-    response = await upload(client, s["id"], b"code\nA1\n")
+    response = await import_codes(client, s["id"], b"code\nA1\n")
     assert response.status_code == 409
     assert problem_type(response) == "wrong-set-kind"
 
@@ -301,11 +279,11 @@ async def test_uploads_over_the_limit_are_413(settings: Settings, database_url: 
     async with LifespanManager(application), make_client(application) as http:
         s = await create_set(http)
         big = b"code\n" + b"ABCDEFGH\n" * 400
-        response = await upload(http, s["id"], big)
+        response = await import_codes(http, s["id"], big)
         assert response.status_code == 413
         assert problem_type(response) == "payload-too-large"
         # Over the global limit but under the upload one: accepted.
-        fine = await upload(http, s["id"], b"code\n" + b"A\n" * 300)
+        fine = await import_codes(http, s["id"], b"code\n" + b"A\n" * 300)
         assert fine.status_code == 201, fine.text
 
 
@@ -317,7 +295,7 @@ async def test_xml_with_pools_and_metadata(client: httpx.AsyncClient) -> None:
   <code pool="default"><![CDATA[X-2]]><note>hello</note></code>
   <code></code>
 </codes>"""
-    response = await upload(
+    response = await import_codes(
         client, s["id"], content, filename="c.xml", content_type="application/xml"
     )
     job = response.json()
@@ -350,7 +328,7 @@ EXTERNAL_DTD = b"""<?xml version="1.0"?>
 @pytest.mark.parametrize("content", [BILLION_LAUGHS, EXTERNAL_ENTITY, EXTERNAL_DTD])
 async def test_xml_entities_and_dtds_are_refused(client: httpx.AsyncClient, content: bytes) -> None:
     s = await create_set(client)
-    response = await upload(
+    response = await import_codes(
         client, s["id"], content, filename="c.xml", content_type="application/xml"
     )
     job = response.json()
@@ -361,71 +339,15 @@ async def test_xml_entities_and_dtds_are_refused(client: httpx.AsyncClient, cont
 
 async def test_malformed_xml_fails_the_job(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    job = (await upload(client, s["id"], b"<codes><code>A</codes>", format="xml")).json()
+    job = (await import_codes(client, s["id"], b"<codes><code>A</codes>", format="xml")).json()
     assert job["status"] == "failed"
     assert job["error"].startswith("malformed XML")
 
 
 # Without a repeat the rows go straight into codes; a repeat takes the staged path.
-@pytest.mark.parametrize("content", [b"code\nA1\nB2\n", b"code\nA1\nB2\nA1\n"])
-async def test_a_merge_that_fails_leaves_nothing_in_codes(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, content: bytes
-) -> None:
-    s = await create_set(client)
-
-    async def crash(job_id: uuid.UUID) -> None:
-        raise RuntimeError("power cut")
-
-    monkeypatch.setattr(imports, "before_commit", crash)
-    job = (await upload(client, s["id"], content)).json()
-    assert job["status"] == "failed"
-    assert "nothing of it was kept" in job["error"]
-    assert await codes_of(client, s["id"]) == []
-    monkeypatch.setattr(imports, "before_commit", None)
-    # The failed job does not block a retry of the same file.
-    retry = await upload(client, s["id"], content)
-    assert retry.status_code == 201
-    assert retry.json()["accepted"] == 2
-
-
-async def test_a_job_left_running_by_a_dead_process_is_recovered(
-    app: FastAPI, client: httpx.AsyncClient
-) -> None:
-    s = await create_set(client)
-    job = (await upload(client, s["id"], b"code\nA1\n")).json()
-    pool = app.state.driver_pool
-    async with pool.acquire() as conn:
-        # As a crash would leave it: running, and no connection holds its lock.
-        await conn.execute(
-            "UPDATE import_jobs SET status = 'running', finished_at = NULL WHERE id = $1",
-            uuid.UUID(job["id"]),
-        )
-    assert await imports.recover_interrupted(pool) == 1
-    got = (await client.get(f"/v1/coupon-sets/{s['id']}/imports/{job['id']}")).json()
-    assert got["status"] == "failed"
-    assert got["error"] == imports.INTERRUPTED
-
-
-async def test_large_files_run_in_the_background(
-    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(imports, "SYNC_ROWS", 10)
-    s = await create_set(client)
-    # A repeat sends the file down the staged path, whose merge runs after the answer.
-    content = b"code\n" + b"".join(f"C-{i}\n".encode() for i in range(50)) + b"C-0\n"
-    response = await upload(client, s["id"], content)
-    assert response.status_code == 202, response.text
-    assert response.json()["status"] == "running"
-    for task in list(app.state.import_tasks):
-        await task
-    got = await client.get(response.headers["location"])
-    assert got.json()["status"] == "succeeded"
-    assert got.json()["accepted"] == 50
-
-
 async def test_audit_has_one_row_per_import(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
-    await upload(client, s["id"], b"code\nA1\nB2\nC3\n")
+    await import_codes(client, s["id"], b"code\nA1\nB2\nC3\n")
     events = (
         await client.get(f"/v1/coupon-sets/{s['id']}/audit", params={"action": "import_codes"})
     ).json()["items"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.services.import_files import CsvReader
+from app.services.imports.readers import CsvReader
 
 
 def reader() -> CsvReader:
