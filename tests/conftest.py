@@ -23,7 +23,6 @@ from app.embedded import EmbeddedPostgres
 from app.main import create_app
 from app.migrations import upgrade
 from app.models import Base
-from app.services import api_keys
 from app.services.api_keys import hash_secret, provision_admin_key
 from app.settings import Settings, to_asyncpg_url
 
@@ -101,7 +100,7 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         )
         await session.execute(sqltext("UPDATE api_keys SET revoked_at = NULL"))
         await provision_admin_key(session, secret=ADMIN_SECRET, name="test admin")
-    api_keys._cache.clear()
+    app.state.key_cache.clear()
 
 
 def make_client(app: FastAPI, secret: str | None = ADMIN_SECRET) -> httpx.AsyncClient:
