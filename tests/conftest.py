@@ -126,14 +126,19 @@ async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def key_client(
+async def key_client(
     app: FastAPI, client: httpx.AsyncClient
-) -> Callable[..., Awaitable[httpx.AsyncClient]]:
-    """``await key_client("read", "assign")``: a client holding a new key with those scopes."""
+) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """``await key_client("read", "assign")``: a client holding a new key with those scopes,
+    closed at the end of the test (closing it earlier is fine too)."""
+    made: list[httpx.AsyncClient] = []
 
     async def factory(*scopes: str) -> httpx.AsyncClient:
         response = await client.post("/v1/api-keys", json={"name": "t", "scopes": list(scopes)})
         assert response.status_code == 201, response.text
-        return make_client(app, secret=response.json()["secret"])
+        made.append(make_client(app, secret=response.json()["secret"]))
+        return made[-1]
 
-    return factory
+    yield factory
+    for http in made:
+        await http.aclose()
