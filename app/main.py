@@ -34,9 +34,9 @@ from app.routers import (
     redemptions,
 )
 from app.services import api_keys as api_key_service
-from app.services import assignments as assignment_service
 from app.services import imports as import_service
 from app.services.api_keys import KeyCache
+from app.services.assignments import AssignFastPath, Claimer, fast_path
 from app.services.deliveries import Confirmations
 from app.settings import Settings, redact_url
 
@@ -108,7 +108,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.driver_pool = await create_driver_pool(settings, database_url)
         app.state.key_cache = KeyCache(app.state.driver_pool)
-        app.state.claimer = assignment_service.Claimer(
+        app.state.claimer = Claimer(
             app.state.driver_pool,
             coalesce=settings.coalesce_claims,
             max_in_flight=settings.coalesce_in_flight,
@@ -172,10 +172,10 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
 
     if settings.assign_fast_path:
         # Just inside the metrics middleware, which records its answers like any other.
-        app.add_middleware(assignment_service.AssignFastPath, max_bytes=settings.max_body_bytes)
+        app.add_middleware(AssignFastPath, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestMetrics,
-        known=(assignment_service.fast_path.PATH, assignment_service.fast_path.ROUTE),
+        known=(fast_path.PATH, fast_path.ROUTE),
         excluded_handlers=["/metrics"],
         registry=app.state.metrics_registry,
     )

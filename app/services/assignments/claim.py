@@ -275,7 +275,7 @@ class Claimer:
     ) -> None:
         self._pool = pool
         self.hint = ScanHint()
-        self.coalescer = (
+        self._coalescer = (
             ClaimCoalescer(pool, self.hint, max_batch=max_batch, max_in_flight=max_in_flight)
             if coalesce
             else None
@@ -288,8 +288,8 @@ class Claimer:
         the set's refusal (archived, outside its validity window)."""
         pool_name = data.pool or DEFAULT_POOL
         row: Any
-        if self.coalescer is not None and not data.additional:
-            found, row = await self.coalescer.claim(
+        if self._coalescer is not None and not data.additional:
+            found, row = await self._coalescer.claim(
                 set_ref=set_ref, pool_name=pool_name, data=data, actor=actor
             )
             if found is None:
