@@ -2,30 +2,49 @@
 
 from typing import Annotated
 
-from fastapi import Depends
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
+from fastapi.security.utils import get_authorization_scheme_param
 
 from app.db import Session
 from app.errors import Forbidden, Unauthorized
 from app.models.api_key import ApiKey, Scope
 from app.services import api_keys
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="ApiKey",
-    description="An API key from `POST /v1/api-keys` (or COUPONS_ADMIN_API_KEY).",
-)
+
+def bearer_secret(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, None without one; parsed as
+    FastAPI's ``HTTPBearer`` parses it. The routes and the lean assignment path both
+    read the header through this."""
+    scheme, secret = get_authorization_scheme_param(authorization)
+    return secret if secret and scheme.lower() == "bearer" else None
+
+
+class _BearerKey(SecurityBase):
+    """The document's security scheme ``ApiKey`` (HTTP bearer); as a dependency, the key
+    sent, or None."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            description="An API key from `POST /v1/api-keys` (or COUPONS_ADMIN_API_KEY)."
+        )
+        self.scheme_name = "ApiKey"
+
+    async def __call__(self, request: Request) -> str | None:
+        return bearer_secret(request.headers.get("Authorization"))
 
 
 async def current_key(
     session: Session,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    secret: Annotated[str | None, Depends(_BearerKey())],
+    keys: api_keys.Keys,
 ) -> ApiKey:
     """The caller's active key; FastAPI caches it for the request."""
     challenge = {"WWW-Authenticate": 'Bearer realm="coupons"'}
-    if credentials is None:
+    if secret is None:
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.", headers=challenge)
-    key = await api_keys.find_active(session, secret=credentials.credentials)
+    key = await api_keys.find_active(session, secret=secret, cache=keys)
     if key is None:
         raise Unauthorized("The API key is unknown, revoked or expired.", headers=challenge)
     return key

@@ -32,6 +32,14 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
     )
 
 
+async def _engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+Engine = Annotated[AsyncEngine, Depends(_engine)]
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     # expire_on_commit=False: objects stay readable after the commit, without lazy loads.
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)

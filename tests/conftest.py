@@ -23,7 +23,6 @@ from app.embedded import EmbeddedPostgres
 from app.main import create_app
 from app.migrations import upgrade
 from app.models import Base
-from app.services import api_keys
 from app.services.api_keys import hash_secret, provision_admin_key
 from app.settings import Settings, to_asyncpg_url
 
@@ -101,7 +100,7 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         )
         await session.execute(sqltext("UPDATE api_keys SET revoked_at = NULL"))
         await provision_admin_key(session, secret=ADMIN_SECRET, name="test admin")
-    api_keys._cache.clear()
+    app.state.key_cache.clear()
 
 
 def make_client(app: FastAPI, secret: str | None = ADMIN_SECRET) -> httpx.AsyncClient:
@@ -127,14 +126,19 @@ async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def key_client(
+async def key_client(
     app: FastAPI, client: httpx.AsyncClient
-) -> Callable[..., Awaitable[httpx.AsyncClient]]:
-    """``await key_client("read", "assign")``: a client holding a new key with those scopes."""
+) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """``await key_client("read", "assign")``: a client holding a new key with those scopes,
+    closed at the end of the test (closing it earlier is fine too)."""
+    made: list[httpx.AsyncClient] = []
 
     async def factory(*scopes: str) -> httpx.AsyncClient:
         response = await client.post("/v1/api-keys", json={"name": "t", "scopes": list(scopes)})
         assert response.status_code == 201, response.text
-        return make_client(app, secret=response.json()["secret"])
+        made.append(make_client(app, secret=response.json()["secret"]))
+        return made[-1]
 
-    return factory
+    yield factory
+    for http in made:
+        await http.aclose()

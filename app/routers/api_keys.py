@@ -52,5 +52,7 @@ async def get_api_key(_: AdminKey, key_id: uuid.UUID, session: Session) -> ApiKe
     description="The key stops working at once. Revoking a revoked key changes nothing.",
     responses=problem_responses(NotFound, LastAdminKey),
 )
-async def revoke_api_key(_: AdminKey, key_id: uuid.UUID, session: Session) -> None:
-    await api_keys.revoke_api_key(session, key_id=key_id)
+async def revoke_api_key(
+    _: AdminKey, key_id: uuid.UUID, session: Session, keys: api_keys.Keys
+) -> None:
+    await api_keys.revoke_api_key(session, key_id=key_id, cache=keys)

@@ -3,10 +3,10 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.auth import AssignKey, ReadKey
-from app.db import DriverPool, Session
+from app.db import Session
 from app.errors import (
     Expired,
     NotFound,
@@ -21,14 +21,6 @@ from app.models.assignment import AssignmentCreate, AssignmentPage, AssignmentPu
 from app.pagination import PageQuery, next_id_cursor
 from app.routers.coupon_sets import CouponSetRef, SetRef
 from app.services import assignments
-
-
-async def _coalescer(request: Request) -> assignments.ClaimCoalescer | None:
-    coalescer: assignments.ClaimCoalescer | None = request.app.state.claim_coalescer
-    return coalescer
-
-
-Coalescer = Annotated[assignments.ClaimCoalescer | None, Depends(_coalescer)]
 
 router = APIRouter(
     prefix="/v1/coupon-sets/{set_id}/assignments",
@@ -60,18 +52,18 @@ async def assign_code(
     session: Session,
     response: Response,
     key: IdempotencyKey,
-    plain_pool: DriverPool,
-    coalescer: Coalescer,
+    claimer: assignments.Claims,
+    handed_over: assignments.HandedOver,
 ) -> AssignmentPublic:
     # The hot path: the service finds the set and pool itself, in one query.
     assignment, created = await assignments.assign(
         session,
+        claimer=claimer,
         set_ref=set_id,
         data=body,
         actor=_,
         idempotency_key=key,
-        plain_pool=plain_pool,
-        coalescer=coalescer,
+        handed_over=handed_over,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -1,12 +1,14 @@
 """Liveness, readiness and Prometheus metrics."""
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.auth import ReadKey
+from app.db import Engine
 from app.errors import ServiceUnavailable, problem_responses
+from app.metrics import Registry
 from app.migrations import head_revisions
 
 router = APIRouter(tags=["operations"])
@@ -26,9 +28,9 @@ async def healthz() -> Health:
     summary="Readiness: the database answers and its migrations are at head",
     responses={503: problem_responses(ServiceUnavailable)[503]},
 )
-async def readyz(request: Request) -> Health:
+async def readyz(engine: Engine) -> Health:
     try:
-        async with request.app.state.engine.connect() as connection:
+        async with engine.connect() as connection:
             applied = set(
                 (
                     await connection.execute(text("SELECT version_num FROM alembic_version"))
@@ -56,7 +58,5 @@ async def readyz(request: Request) -> Health:
         **problem_responses(),
     },
 )
-async def metrics(_: ReadKey, request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
-    )
+async def metrics(_: ReadKey, registry: Registry) -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,8 +9,10 @@ import secrets
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Annotated
 
 import asyncpg
+from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,7 +47,79 @@ def _active() -> list[ColumnElement[bool]]:
 # that revoked and within CACHE_SECONDS in the others.
 CACHE_SECONDS = 5.0
 _CACHE_SIZE = 10_000
-_cache: dict[str, tuple[float, ApiKey]] = {}
+_FIND_PLAIN = (
+    f"SELECT {', '.join(ApiKey.__table__.columns.keys())} FROM api_keys "  # noqa: S608 (the model's column names)
+    "WHERE secret_sha256 = $1 AND revoked_at IS NULL "
+    "AND (expires_at IS NULL OR expires_at > now())"
+)
+
+
+class KeyCache:
+    """The keys this process found active, each for ``CACHE_SECONDS``: one per process,
+    created at start-up. Keys are looked up through the request's session
+    (``find_active``) or, for the lean assignment path, on the plain pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._keys: dict[str, tuple[float, ApiKey]] = {}
+        # Lookups on the plain pool in flight, by digest: when a key's entry expires
+        # under load, the requests that find it expired share one query.
+        self._lookups: dict[str, asyncio.Task[ApiKey | None]] = {}
+
+    def active(self, secret: str) -> ApiKey | None:
+        """The key of ``secret`` when it is remembered as active, else None (which says
+        nothing: ``find_active`` and ``find_plain`` ask the database)."""
+        cached = self._keys.get(hash_secret(secret))
+        if cached is not None and cached[0] > time.monotonic():
+            key = cached[1]
+            if key.expires_at is None or key.expires_at > datetime.now(UTC):
+                return key
+        return None
+
+    async def find_plain(self, secret: str) -> ApiKey | None:
+        """``find_active`` on the plain asyncpg pool (the lean assignment path): the same
+        query and the same cache."""
+        if (key := self.active(secret)) is not None:
+            return key
+        digest = hash_secret(secret)
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.create_task(self._find_plain(digest))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        # Shielded: a request that goes away does not cancel the others' lookup.
+        return await asyncio.shield(lookup)
+
+    async def _find_plain(self, digest: str) -> ApiKey | None:
+        now = time.monotonic()
+        async with self._pool.acquire() as connection:
+            found = await connection.fetchrow(_FIND_PLAIN, digest)
+        key = None if found is None else ApiKey(**dict(found))
+        self.remember(digest, key, now)
+        return key
+
+    def remember(self, digest: str, key: ApiKey | None, now: float) -> None:
+        """What a lookup started at ``now`` found for ``digest`` (None: no active key)."""
+        if key is None:
+            self.forget(digest)
+            return
+        if len(self._keys) >= _CACHE_SIZE:
+            self._keys.clear()
+        self._keys[digest] = (now + CACHE_SECONDS, key)
+
+    def forget(self, digest: str) -> None:
+        self._keys.pop(digest, None)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+
+async def _key_cache(request: Request) -> KeyCache:
+    cache: KeyCache = request.app.state.key_cache
+    return cache
+
+
+Keys = Annotated[KeyCache, Depends(_key_cache)]
 
 
 def _snapshot(key: ApiKey) -> ApiKey:
@@ -54,69 +128,15 @@ def _snapshot(key: ApiKey) -> ApiKey:
     return ApiKey(**{name: getattr(key, name) for name in columns})
 
 
-def cached_active(secret: str) -> ApiKey | None:
-    """The key of ``secret`` when the cache remembers it as active, else None (which
-    says nothing: ``find_active`` asks the database)."""
-    cached = _cache.get(hash_secret(secret))
-    if cached is not None and cached[0] > time.monotonic():
-        key = cached[1]
-        if key.expires_at is None or key.expires_at > datetime.now(UTC):
-            return key
-    return None
-
-
-# Lookups of uncached keys on the plain pool in flight, by digest: when a key's cache
-# entry expires under load, the requests that find it expired share one query.
-_lookups: dict[str, asyncio.Task[ApiKey | None]] = {}
-_FIND_PLAIN = (
-    f"SELECT {', '.join(ApiKey.__table__.columns.keys())} FROM api_keys "  # noqa: S608 (the model's column names)
-    "WHERE secret_sha256 = $1 AND revoked_at IS NULL "
-    "AND (expires_at IS NULL OR expires_at > now())"
-)
-
-
-async def find_active_plain(pool: asyncpg.Pool, *, secret: str) -> ApiKey | None:
-    """``find_active`` on a plain asyncpg pool (the lean assignment path): the same
-    query and the same cache."""
-    if (key := cached_active(secret)) is not None:
-        return key
-    digest = hash_secret(secret)
-    lookup = _lookups.get(digest)
-    if lookup is None:
-        lookup = asyncio.create_task(_find_plain(pool, digest))
-        _lookups[digest] = lookup
-        lookup.add_done_callback(lambda _: _lookups.pop(digest, None))
-    # Shielded: a request that goes away does not cancel the others' lookup.
-    return await asyncio.shield(lookup)
-
-
-async def _find_plain(pool: asyncpg.Pool, digest: str) -> ApiKey | None:
-    now = time.monotonic()
-    async with pool.acquire() as connection:
-        found = await connection.fetchrow(_FIND_PLAIN, digest)
-    key = None if found is None else ApiKey(**dict(found))
-    _remember(digest, key, now)
-    return key
-
-
-def _remember(digest: str, key: ApiKey | None, now: float) -> None:
-    if key is None:
-        _cache.pop(digest, None)
-        return
-    if len(_cache) >= _CACHE_SIZE:
-        _cache.clear()
-    _cache[digest] = (now + CACHE_SECONDS, key)
-
-
-async def find_active(session: AsyncSession, *, secret: str) -> ApiKey | None:
-    if (key := cached_active(secret)) is not None:
+async def find_active(session: AsyncSession, *, secret: str, cache: KeyCache) -> ApiKey | None:
+    if (key := cache.active(secret)) is not None:
         return key
     digest = hash_secret(secret)
     now = time.monotonic()
     stmt = select(ApiKey).where(ApiKey.secret_sha256 == digest, *_active())
     found = (await session.execute(stmt)).scalar_one_or_none()
     snapshot = None if found is None else _snapshot(found)
-    _remember(digest, snapshot, now)
+    cache.remember(digest, snapshot, now)
     return snapshot
 
 
@@ -150,7 +170,7 @@ async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
     return key
 
 
-async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID) -> ApiKey:
+async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID, cache: KeyCache) -> ApiKey:
     # Lock the active admin keys first: two concurrent revocations cannot both see
     # "another admin remains" and leave none.
     admins = (
@@ -172,7 +192,7 @@ async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID) -> ApiKey:
         )
     key.revoked_at = datetime.now(UTC)
     await session.flush()
-    _cache.pop(key.secret_sha256, None)
+    cache.forget(key.secret_sha256)
     return key
 
 

@@ -14,7 +14,7 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Why each part is safe under concurrency is explained in app/services/assignments.py.
+# A frozen copy: the live definition is app/sql/claim_code.sql, which explains it.
 CLAIM_CODE = """
 CREATE FUNCTION claim_code(
     p_set_id uuid, p_pool_id uuid, p_pool_name text, p_recipient_id text, p_address text,

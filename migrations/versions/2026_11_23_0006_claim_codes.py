@@ -14,10 +14,8 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The set-based twin of claim_code() (migration 0003), for coalesced requests; why each
-# part is safe under concurrency is explained in app/services/assignments.py. Recipients
-# are distinct (the caller splits a batch that repeats one) and never "additional".
-# Returns one row per recipient that holds or got a code; ord is its index in the arrays.
+# The set-based twin of claim_code() (migration 0003), for coalesced requests. A frozen
+# copy: the live definition is app/sql/claim_codes.sql, which explains it.
 CLAIM_CODES = """
 CREATE FUNCTION claim_codes(
     p_set_id uuid, p_pool_id uuid, p_pool_name text, p_recipient_ids text[],

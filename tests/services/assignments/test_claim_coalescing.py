@@ -162,17 +162,15 @@ async def test_a_failing_batch_fails_each_of_its_requests(
 async def test_several_batches_in_flight_still_give_each_recipient_one_code(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    usual = app.state.claim_coalescer
-    app.state.claim_coalescer = assignments.ClaimCoalescer(
-        app.state.driver_pool, max_in_flight=3, max_batch=4
-    )
+    usual = app.state.claimer
+    app.state.claimer = assignments.Claimer(app.state.driver_pool, max_in_flight=3, max_batch=4)
     try:
         await create_set(client, key="spring")
         await add_codes(client, "spring", [f"C-{n:03}" for n in range(50)])
         burst = [assign(client, "spring", f"r{n % 30}") for n in range(90)]
         responses = await asyncio.gather(*burst)
     finally:
-        app.state.claim_coalescer = usual
+        app.state.claimer = usual
     assert Counter(r.status_code for r in responses) == {201: 30, 200: 60}
     holders: dict[str, set[str]] = {}
     for response in responses:

@@ -5,52 +5,17 @@ database with the lean path off, which always takes the route. Status, headers (
 the request id) and body (but the request id) must be the same."""
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from app.main import create_app
-from app.services import api_keys, assignments
-from app.settings import Settings
 from tests.conftest import make_client
 from tests.helpers import add_codes, create_set
-
-PATH = "/v1/coupon-sets/{}/assignments"
-
-
-@pytest.fixture(scope="session")
-async def route_app(settings: Settings, database_url: str) -> AsyncIterator[FastAPI]:
-    """The app without the lean path (and without coalescing: the route as it was)."""
-    plain = settings.model_copy(update={"assign_fast_path": False, "coalesce_claims": False})
-    application = create_app(plain, database_url=database_url)
-    async with LifespanManager(application):
-        yield application
-
-
-@pytest.fixture
-async def route(app: FastAPI, route_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client(route_app) as http:
-        yield http
-
-
-@pytest.fixture
-def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The set refs the FastAPI route was asked to assign for."""
-    calls: list[str] = []
-    original = assignments.assign
-
-    async def spy(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs["set_ref"])
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(assignments, "assign", spy)
-    return calls
+from tests.services.assignments.helpers import post
 
 
 def _headers(response: httpx.Response) -> list[tuple[str, str]]:
@@ -71,28 +36,19 @@ def assert_same(lean: httpx.Response, route: httpx.Response) -> None:
     assert _body(lean) == _body(route)
 
 
-async def _post(http: httpx.AsyncClient, ref: str, body: object, **headers: str) -> httpx.Response:
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return await http.post(
-        PATH.format(ref),
-        content=content,
-        headers={"Content-Type": "application/json", **headers},
-    )
-
-
 async def test_a_new_code_and_a_held_code_are_answered_like_the_route(
     client: httpx.AsyncClient, route: httpx.AsyncClient, route_calls: list[str]
 ) -> None:
     await create_set(client, key="spring")
     await add_codes(client, "spring", ["C-1", "C-2"])
     body = {"recipient_id": "alice", "address": "a@example.com", "channel": "email"}
-    await _post(client, "spring", {"recipient_id": "warm-up"})  # caches the key
+    await post(client, "spring", {"recipient_id": "warm-up"})  # caches the key
     route_calls.clear()
-    lean = await _post(client, "spring", body)
+    lean = await post(client, "spring", body)
     assert lean.status_code == 201
     assert route_calls == []  # the lean path answered
-    held_lean = await _post(client, "spring", body)
-    held_route = await _post(route, "spring", body)
+    held_lean = await post(client, "spring", body)
+    held_route = await post(route, "spring", body)
     assert route_calls == ["spring"]
     assert held_lean.status_code == 200
     assert_same(held_lean, held_route)
@@ -108,13 +64,13 @@ async def test_a_set_by_id_and_a_named_pool_take_the_lean_path(
     await client.post("/v1/coupon-sets/spring/pools", json={"name": "Soccer"})
     await add_codes(client, "spring", ["S-1"], pool="Soccer")
     body = {"recipient_id": "bob", "pool": "soccer", "delivery_id": "d1"}
-    await _post(client, "spring", {"recipient_id": "warm-up", "pool": "nope"})
+    await post(client, "spring", {"recipient_id": "warm-up", "pool": "nope"})
     route_calls.clear()
-    lean = await _post(client, str(created["id"]), body)
+    lean = await post(client, str(created["id"]), body)
     assert lean.status_code == 201, lean.text
     assert lean.json()["pool"] == "Soccer"
     assert route_calls == []
-    assert_same(await _post(client, "spring", body), await _post(route, "spring", body))
+    assert_same(await post(client, "spring", body), await post(route, "spring", body))
 
 
 @pytest.mark.parametrize(
@@ -163,10 +119,10 @@ async def test_refusals_are_answered_like_the_route(
         valid_from=(now - timedelta(days=9)).isoformat(),
         valid_until=(now - timedelta(days=1)).isoformat(),
     )
-    await _post(client, "spring", {"recipient_id": "warm-up"})
-    lean = await _post(client, ref, body, **headers)
+    await post(client, "spring", {"recipient_id": "warm-up"})
+    lean = await post(client, ref, body, **headers)
     assert lean.status_code >= 400, lean.text
-    assert_same(lean, await _post(route, ref, body, **headers))
+    assert_same(lean, await post(route, ref, body, **headers))
 
 
 async def test_keys_without_the_assign_scope_are_refused_like_the_route(
@@ -183,18 +139,16 @@ async def test_keys_without_the_assign_scope_are_refused_like_the_route(
     for _ in range(2):  # uncached, then cached
         async with make_client(route_app, secret=secret) as route:
             assert_same(
-                await _post(reader, "spring", {"recipient_id": "dan"}),
-                await _post(route, "spring", {"recipient_id": "dan"}),
+                await post(reader, "spring", {"recipient_id": "dan"}),
+                await post(route, "spring", {"recipient_id": "dan"}),
             )
     for _ in range(2):
-        assert (await _post(assigner, "spring", {"recipient_id": "eve"})).status_code in (201, 200)
+        assert (await post(assigner, "spring", {"recipient_id": "eve"})).status_code in (201, 200)
     async with make_client(app, secret=None) as anonymous, make_client(route_app, None) as route:
         assert_same(
-            await _post(anonymous, "spring", {"recipient_id": "dan"}),
-            await _post(route, "spring", {"recipient_id": "dan"}),
+            await post(anonymous, "spring", {"recipient_id": "dan"}),
+            await post(route, "spring", {"recipient_id": "dan"}),
         )
-    await reader.aclose()
-    await assigner.aclose()
 
 
 async def test_exhausted_pools_and_fallback_codes_are_answered_like_the_route(
@@ -203,11 +157,11 @@ async def test_exhausted_pools_and_fallback_codes_are_answered_like_the_route(
     await create_set(client, key="fb", fallback_code="SORRY10")
     await create_set(client, key="none")
     await add_codes(client, "none", ["N-1"])
-    await _post(client, "none", {"recipient_id": "first"})
-    lean = await _post(client, "none", {"recipient_id": "late"})
+    await post(client, "none", {"recipient_id": "first"})
+    lean = await post(client, "none", {"recipient_id": "late"})
     assert lean.json()["type"].endswith("pool-exhausted")
-    assert_same(lean, await _post(route, "none", {"recipient_id": "late"}))
-    fallback = await _post(client, "fb", {"recipient_id": "late"})
+    assert_same(lean, await post(route, "none", {"recipient_id": "late"}))
+    fallback = await post(client, "fb", {"recipient_id": "late"})
     assert fallback.status_code == 201
     assert fallback.json()["fallback"] is True
 
@@ -218,31 +172,36 @@ async def test_shared_sets_and_idempotency_keys_take_the_route(
     await create_set(client, key="welcome", kind="shared", shared_code="WELCOME15")
     await create_set(client, key="spring")
     await add_codes(client, "spring", ["C-1", "C-2"])
-    await _post(client, "spring", {"recipient_id": "warm-up"})
+    await post(client, "spring", {"recipient_id": "warm-up"})
     route_calls.clear()
-    assert (await _post(client, "welcome", {"recipient_id": "a"})).status_code == 201
-    first = await _post(client, "spring", {"recipient_id": "a"}, **{"Idempotency-Key": "k1"})
-    again = await _post(client, "spring", {"recipient_id": "a"}, **{"Idempotency-Key": "k1"})
+    assert (await post(client, "welcome", {"recipient_id": "a"})).status_code == 201
+    first = await post(client, "spring", {"recipient_id": "a"}, **{"Idempotency-Key": "k1"})
+    again = await post(client, "spring", {"recipient_id": "a"}, **{"Idempotency-Key": "k1"})
     assert first.status_code == 201
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.content == first.content
     assert route_calls == ["welcome", "spring"]
 
 
-async def test_metrics_count_the_lean_answers(client: httpx.AsyncClient) -> None:
+async def _assignments_counted(client: httpx.AsyncClient) -> float:
+    """The metrics' count of successful assignment requests so far (in this process)."""
+    labels = ('handler="/v1/coupon-sets/{set_id}/assignments"', 'method="POST"', 'status="2xx"')
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith("http_requests_total{") and all(label in line for label in labels):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_count_the_lean_answers(
+    client: httpx.AsyncClient, route_calls: list[str]
+) -> None:
     await create_set(client, key="spring")
     await add_codes(client, "spring", ["C-1", "C-2", "C-3"])
+    before = await _assignments_counted(client)
     for n in range(3):
-        await _post(client, "spring", {"recipient_id": f"m{n}"})
-    metrics = (await client.get("/metrics")).text
-    line = next(
-        line
-        for line in metrics.splitlines()
-        if line.startswith("http_requests_total{")
-        and 'handler="/v1/coupon-sets/{set_id}/assignments"' in line
-        and 'status="2xx"' in line
-    )
-    assert float(line.rsplit(" ", 1)[1]) >= 3
+        await post(client, "spring", {"recipient_id": f"m{n}"})
+    assert route_calls == []  # the lean path answered them
+    assert await _assignments_counted(client) == before + 3
 
 
 async def test_uncached_and_revoked_keys(
@@ -256,11 +215,11 @@ async def test_uncached_and_revoked_keys(
     await add_codes(client, "spring", ["C-1", "C-2"])
     assigner: httpx.AsyncClient = await key_client("assign")
     secret = assigner.headers["Authorization"].removeprefix("Bearer ")
-    api_keys._cache.clear()
+    app.state.key_cache.clear()
     route_calls.clear()
     # An uncached key is looked up by the lean path itself, once for concurrent requests.
     answers = await asyncio.gather(
-        *(_post(assigner, "spring", {"recipient_id": "dan"}) for _ in range(5))
+        *(post(assigner, "spring", {"recipient_id": "dan"}) for _ in range(5))
     )
     assert sorted(r.status_code for r in answers) == [200, 200, 200, 200, 201]
     assert route_calls == []
@@ -269,7 +228,6 @@ async def test_uncached_and_revoked_keys(
     )
     assert (await client.delete(f"/v1/api-keys/{key_id}")).status_code == 204
     async with make_client(route_app, secret=secret) as route:
-        revoked = await _post(assigner, "spring", {"recipient_id": "eve"})
+        revoked = await post(assigner, "spring", {"recipient_id": "eve"})
         assert revoked.status_code == 401
-        assert_same(revoked, await _post(route, "spring", {"recipient_id": "eve"}))
-    await assigner.aclose()
+        assert_same(revoked, await post(route, "spring", {"recipient_id": "eve"}))

@@ -1,0 +1,47 @@
+"""Prometheus: one middleware records every request (count, sizes, latency per route
+template), those the lean assignment path answers included, into the registry that
+``GET /metrics`` exposes."""
+
+import re
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from starlette.types import ASGIApp
+
+
+class RequestMetrics(PrometheusInstrumentatorMiddleware):
+    """The instrumentator's middleware (what ``Instrumentator().instrument()`` adds), told
+    the route of the POSTs whose path ``known`` matches: the lean path answers those
+    without routing, and they must not pay for the middleware's route match either."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        known: tuple[re.Pattern[str], str],
+        excluded_handlers: Sequence[str],
+        registry: CollectorRegistry,
+    ) -> None:
+        super().__init__(app, excluded_handlers=excluded_handlers, registry=registry)
+        self._known_path, self._known_route = known
+
+    def _get_handler(self, request: Request) -> tuple[str, bool]:
+        scope = request.scope
+        if (
+            scope["method"] == "POST"
+            and not scope.get("root_path")
+            and self._known_path.fullmatch(scope["path"])
+        ):
+            return self._known_route, True
+        return super()._get_handler(request)
+
+
+async def _registry(request: Request) -> CollectorRegistry:
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    return registry
+
+
+Registry = Annotated[CollectorRegistry, Depends(_registry)]

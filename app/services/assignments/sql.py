@@ -1,0 +1,42 @@
+"""The assignment engine's raw SQL. The claim itself is a PL/pgSQL function, defined in
+``app/sql/claim_code.sql`` and ``app/sql/claim_codes.sql``; these statements call it.
+
+claim_code() takes a transaction-scoped advisory lock on (pool, recipient), which
+serialises the first requests of one recipient and nothing else, so the second of two
+concurrent ones waits and then finds the first one's code. Otherwise it runs, once above
+the scan hint and once from the start if that misses:
+  picked: one free code, locked; SKIP LOCKED passes rows that other claims hold, and
+    MATERIALIZED with the join on "=" keeps it to exactly one row (an IN (subquery) can
+    lock more: PostgreSQL bug #15715); the partial index ix_codes_free holds only free
+    codes, in claim order;
+  claimed: the code, now assigned; audited: its audit row, in the same statement.
+claim_codes() does the same for many recipients of one pool (see ``ClaimCoalescer``)."""
+
+from sqlalchemy import text
+
+# The claim in the request's transaction (with an Idempotency-Key, whose stored response
+# must commit with it, and on the rare paths): one round trip.
+CLAIM = text(
+    "SELECT * FROM claim_code(:set_id, :pool_id, :pool_name, :rid, :address, :channel, "
+    ":delivery_id, :additional, :api_key_id, :idempotency_key, :after)"
+)
+
+# The same on a plain connection in autocommit: one statement, so its own transaction.
+CLAIM_ONE = "SELECT * FROM claim_code($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)"
+
+# A coalesced batch: arrays of the recipients' fields, one statement and one commit.
+CLAIM_MANY = "SELECT * FROM claim_codes($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+# The set (by id, or by key) and its pool of that name in one query, so that a plain
+# claim costs two round trips in all. SET_COLUMNS: what a claim needs of the set (the
+# refusals of rules.ensure_usable, the ids and key of rules.public).
+SET_COLUMNS = ("id", "key", "kind", "status", "valid_from", "valid_until")
+_SET_AND_POOL = """
+    SELECT {columns}, p.id AS pool_id, p.name AS pool_name
+    FROM coupon_sets s
+    LEFT JOIN pools p ON p.set_id = s.id AND lower(p.name) = lower($2)
+    WHERE {match}
+"""
+_COLUMNS = ", ".join(f"s.{name}" for name in SET_COLUMNS)
+SET_AND_POOL_BY_ID = _SET_AND_POOL.format(columns=_COLUMNS, match="s.id = $1::uuid")
+SET_AND_POOL_BY_KEY = _SET_AND_POOL.format(columns=_COLUMNS, match="lower(s.key) = lower($1)")
