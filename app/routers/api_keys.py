@@ -6,10 +6,11 @@ from fastapi import APIRouter, Response, status
 
 from app.auth import AdminKey
 from app.db import Session
-from app.errors import LastAdminKey, NotFound, problem_responses
+from app.errors import LastAdminKey, NotFound
 from app.idempotency import IdempotentRoute
 from app.models.api_key import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPage, ApiKeyPublic
 from app.pagination import PageQuery, build_page
+from app.problems import problem_responses
 from app.services import api_keys
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=IdempotentRoute)

@@ -6,9 +6,10 @@ from fastapi import APIRouter, Query
 
 from app.auth import ReadKey
 from app.db import Session
-from app.errors import NotFound, problem_responses
+from app.errors import NotFound
 from app.models.audit import AuditAction, AuditEventPublic, AuditPage
 from app.pagination import PageQuery, next_id_cursor
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
 from app.services import audit
 

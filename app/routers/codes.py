@@ -6,13 +6,7 @@ from fastapi import APIRouter, Path, Query
 
 from app.auth import ReadKey, WriteKey
 from app.db import Session
-from app.errors import (
-    AlreadyRedeemed,
-    CodeSpaceTooSmall,
-    NotFound,
-    WrongSetKind,
-    problem_responses,
-)
+from app.errors import AlreadyRedeemed, CodeSpaceTooSmall, NotFound, WrongSetKind
 from app.idempotency import IdempotencyKey, IdempotentRoute
 from app.models.code import (
     Code,
@@ -25,6 +19,7 @@ from app.models.code import (
     CodeStatus,
 )
 from app.pagination import PageQuery, next_id_cursor
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
 from app.services import codes
 

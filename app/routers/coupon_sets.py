@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from app.auth import ReadKey, WriteKey
 from app.db import Session
-from app.errors import KeyTaken, NotFound, SetInUse, problem_responses
+from app.errors import KeyTaken, NotFound, SetInUse
 from app.idempotency import IdempotentRoute
 from app.models.coupon_set import (
     CouponSet,
@@ -18,6 +18,7 @@ from app.models.coupon_set import (
     SetStatus,
 )
 from app.pagination import PageQuery, build_page
+from app.problems import problem_responses
 from app.services import coupon_sets
 
 router = APIRouter(prefix="/v1/coupon-sets", tags=["coupon-sets"], route_class=IdempotentRoute)

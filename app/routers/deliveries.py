@@ -27,7 +27,6 @@ from app.errors import (
     TemplateInvalid,
     UnsupportedMediaType,
     ValidationFailed,
-    problem_responses,
 )
 from app.idempotency import IdempotentRoute, hashed_stream, streams_body
 from app.models.delivery import (
@@ -45,6 +44,7 @@ from app.models.delivery import (
     TargetsAdded,
 )
 from app.pagination import PageQuery, encode_cursor, next_id_cursor
+from app.problems import problem_responses
 from app.services import deliveries
 from app.services.deliveries import Confirmations
 

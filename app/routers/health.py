@@ -6,8 +6,9 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.auth import ReadKey
-from app.errors import ServiceUnavailable, problem_responses
+from app.errors import ServiceUnavailable
 from app.migrations import head_revisions
+from app.problems import problem_responses
 
 router = APIRouter(tags=["operations"])
 

@@ -19,7 +19,6 @@ from app.errors import (
     NotFound,
     UnsupportedMediaType,
     WrongSetKind,
-    problem_responses,
 )
 from app.idempotency import KEY_PATTERN
 from app.models.import_job import (
@@ -29,6 +28,7 @@ from app.models.import_job import (
     ImportKind,
 )
 from app.pagination import PageQuery, build_page
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
 from app.services import imports
 from app.uploads import Upload

@@ -13,10 +13,10 @@ from app.errors import (
     NotFound,
     PoolNotEmpty,
     PoolsNotSupported,
-    problem_responses,
 )
 from app.idempotency import IdempotentRoute
 from app.models.pool import Pool, PoolCreate, PoolList, PoolPublic, PoolStock, PoolUpdate
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
 from app.services import codes, pools
 
