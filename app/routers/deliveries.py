@@ -29,12 +29,14 @@ from app.errors import (
     ValidationFailed,
 )
 from app.idempotency import IdempotentRoute, hashed_stream, streams_body
-from app.models.delivery import (
+from app.models.delivery import DeliveryStatus
+from app.pagination import PageQuery, encode_cursor, next_id_cursor
+from app.problems import problem_responses
+from app.schemas.delivery import (
     Analysis,
     DeliveryCreate,
     DeliveryPage,
     DeliveryPublic,
-    DeliveryStatus,
     DeliveryUpdate,
     FailuresRecorded,
     FailuresReport,
@@ -43,8 +45,6 @@ from app.models.delivery import (
     TargetsAdd,
     TargetsAdded,
 )
-from app.pagination import PageQuery, encode_cursor, next_id_cursor
-from app.problems import problem_responses
 from app.services import deliveries
 from app.services.deliveries import Confirmations
 
