@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.errors import AppError, sqlstate
+from app.db_errors import sqlstate
+from app.errors import AppError
 from app.settings import Settings
 
 

@@ -27,15 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import locks
 from app.auth import CurrentKey
 from app.db import Session
-from app.errors import (
-    AppError,
-    IdempotencyKeyInUse,
-    IdempotencyKeyReused,
-    ValidationFailed,
-    merge_responses,
-    problem_responses,
-)
+from app.errors import AppError, IdempotencyKeyInUse, IdempotencyKeyReused, ValidationFailed
 from app.models.idempotency import IdempotencyRecord
+from app.problems import merge_responses, problem_responses
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, problem_response
+from app.errors import PayloadTooLarge
+from app.problems import problem_response
 
 # File uploads are streamed by their routes, never read whole, so they have their own
 # (larger) bound instead of the global one.
@@ -38,14 +39,8 @@ class BodySizeLimitMiddleware:
         detail = f"The request body is larger than the limit of {limit} bytes."
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            response = problem_response(
-                Request(scope),
-                slug=PayloadTooLarge.slug,
-                title=PayloadTooLarge.title,
-                status=PayloadTooLarge.status,
-                detail=detail,
-                headers={"Connection": "close"},
-            )
+            too_large = PayloadTooLarge(detail, headers={"Connection": "close"})
+            response = problem_response(Request(scope), too_large)
             await response(scope, receive, send)
             return
         received = 0

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__, docs_pages, idempotency
 from app.db import create_driver_pool, create_engine, create_sessionmaker
-from app.errors import Problem, install_error_handlers
 from app.limits import BodySizeLimitMiddleware
 from app.logging import configure_logging
 from app.metrics import RequestMetrics
+from app.problems import Problem, install_error_handlers
 from app.ratelimit import RateLimiter
 from app.routers import (
     api_keys,

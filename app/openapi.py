@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.errors import AppError, problem_type
+from app.errors import AppError
 from app.main import create_app
+from app.problems import problem_type
 from app.settings import Settings
 
 # Produced by the framework, not by an AppError.

@@ -7,30 +7,22 @@ are added."""
 import base64
 import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import Select, tuple_
 
 from app.errors import InvalidCursor
 from app.models.base import Entity
+from app.schemas.page import Page
 
 MAX_PAGE_SIZE = 200
 
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` to get the next page; null on the last page"
-    )
-
-
 P = TypeVar("P", bound=Page[Any])
+R = TypeVar("R", bound=Entity)
 
 
 class PageParams(BaseModel):
@@ -73,13 +65,16 @@ def paginate(stmt: Select[Any], model: type[Entity], params: PageParams) -> Sele
     return stmt.order_by(model.created_at.desc(), model.id.desc()).limit(params.limit + 1)
 
 
-def build_page(page_model: type[P], rows: Sequence[Entity], params: PageParams) -> P:
-    """The page of a response from the rows ``paginate`` fetched (one more than asked)."""
+def build_page(
+    page_model: type[P], rows: Sequence[R], params: PageParams, public: Callable[[R], Any]
+) -> P:
+    """The page of a response from the rows ``paginate`` fetched (one more than asked),
+    each shown by ``public`` (its mapper in app/schemas/mappers.py)."""
     items = rows[: params.limit]
     more = len(rows) > params.limit
-    return page_model.model_validate(
-        {"items": items, "next_cursor": encode_cursor(items[-1]) if more else None},
-        from_attributes=True,
+    return page_model(
+        items=[public(row) for row in items],
+        next_cursor=encode_cursor(items[-1]) if more else None,
     )
 
 

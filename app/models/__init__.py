@@ -1,5 +1,6 @@
-"""Tables and API schemas, one module per noun. Importing this package registers
-every table on ``Base.metadata`` (Alembic compares against it)."""
+"""Tables, one module per noun, as SQLModel classes. Importing this package registers
+every table on ``Base.metadata`` (Alembic compares against it). API schemas are in
+app/schemas."""
 
 from app.models.api_key import ApiKey
 from app.models.assignment import SharedAssignment

@@ -4,14 +4,11 @@ import enum
 import uuid
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlmodel import Field
 
-from app.models.base import Base, Entity
-from app.models.common import Label, WriteModel
-from app.pagination import Page
+from app.models.base import Base, Col, Entity
 
 
 class Scope(enum.StrEnum):
@@ -32,54 +29,20 @@ IMPLIED_SCOPES: dict[Scope, frozenset[Scope]] = {
 }
 
 
-class ApiKey(Entity, Base):
+class ApiKey(Entity, Base, table=True):
     __tablename__ = "api_keys"
 
-    name: Mapped[str]
+    id: Col[uuid.UUID] = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: Col[str]
     # The first characters of the secret, to recognise a key in lists; not enough to use it.
-    prefix: Mapped[str] = mapped_column(String(16))
-    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(16)))
-    expires_at: Mapped[datetime | None]
-    revoked_at: Mapped[datetime | None]
-    created_by: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL")
+    prefix: Col[str] = Field(max_length=16)
+    secret_sha256: Col[str] = Field(max_length=64, unique=True)
+    scopes: Col[list[str]] = Field(sa_type=ARRAY(String(16)))
+    expires_at: Col[datetime | None] = Field(default=None)
+    revoked_at: Col[datetime | None] = Field(default=None)
+    created_by: Col[uuid.UUID | None] = Field(
+        default=None, foreign_key="api_keys.id", ondelete="SET NULL"
     )
 
     def grants(self, scope: Scope) -> bool:
         return any(scope in IMPLIED_SCOPES[Scope(s)] for s in self.scopes)
-
-
-class ApiKeyCreate(WriteModel):
-    name: Label = Field(description="What the key is for, e.g. 'checkout service'")
-    scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
-    expires_at: AwareDatetime | None = Field(
-        default=None, description="After this instant the key is refused"
-    )
-
-    @field_validator("scopes")
-    @classmethod
-    def _distinct(cls, scopes: list[Scope]) -> list[Scope]:
-        return list(dict.fromkeys(scopes))
-
-
-class ApiKeyPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    name: str
-    prefix: str = Field(description="The first characters of the secret")
-    scopes: list[Scope]
-    created_at: datetime
-    updated_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    created_by: uuid.UUID | None
-
-
-class ApiKeyCreated(ApiKeyPublic):
-    secret: str = Field(description="The bearer secret. It is shown only in this response.")
-
-
-class ApiKeyPage(Page[ApiKeyPublic]):
-    pass

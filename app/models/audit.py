@@ -5,11 +5,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import BigInteger, Identity, Index, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Index
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field
 
-from app.models.base import Base
+from app.models.base import Base, Col, identity, insert_time
 
 
 class AuditAction(enum.StrEnum):
@@ -28,36 +28,17 @@ class AuditAction(enum.StrEnum):
     import_redemptions = "import_redemptions"
 
 
-class AuditEvent(Base):
+class AuditEvent(Base, table=True):
     __tablename__ = "audit_events"
     # No foreign key to the set: the trail outlives what it describes.
     __table_args__ = (Index("ix_audit_events_set_id_id", "set_id", "id"),)
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    set_id: Mapped[uuid.UUID | None]
-    action: Mapped[str] = mapped_column(String(32))
-    code: Mapped[str | None]
-    recipient_id: Mapped[str | None]
-    api_key_id: Mapped[uuid.UUID | None]
-    idempotency_key: Mapped[str | None]
-    details: Mapped[dict[str, Any] | None]
-    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
-
-
-class AuditEventPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    set_id: uuid.UUID | None
-    action: AuditAction
-    code: str | None
-    recipient_id: str | None
-    api_key_id: uuid.UUID | None
-    idempotency_key: str | None
-    details: dict[str, Any] | None
-    created_at: datetime
-
-
-class AuditPage(BaseModel):
-    items: list[AuditEventPublic]
-    next_cursor: str | None
+    id: Col[int] = identity()
+    set_id: Col[uuid.UUID | None] = Field(default=None)
+    action: Col[str] = Field(max_length=32)
+    code: Col[str | None] = Field(default=None)
+    recipient_id: Col[str | None] = Field(default=None)
+    api_key_id: Col[uuid.UUID | None] = Field(default=None)
+    idempotency_key: Col[str | None] = Field(default=None)
+    details: Col[dict[str, Any] | None] = Field(default=None, sa_type=JSONB)
+    created_at: Col[datetime] = insert_time()

@@ -8,14 +8,13 @@ import enum
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from sqlalchemy import BigInteger, ForeignKey, Identity, Index, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Index, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field
 
-from app.models.base import Base
-from app.models.common import WriteModel
+from app.models.base import Base, Col, identity, insert_time
 
 
 class CodeStatus(enum.StrEnum):
@@ -47,7 +46,7 @@ def free(alias: str) -> str:
     )
 
 
-class Code(Base):
+class Code(Base, table=True):
     __tablename__ = "codes"
     __table_args__ = (
         # One code per set, compared the way the set matches codes (see normalise()).
@@ -75,22 +74,29 @@ class Code(Base):
         Index("ix_codes_lookup", "lookup"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    set_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("coupon_sets.id", ondelete="CASCADE"))
-    pool_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
-    code: Mapped[str]
-    lookup: Mapped[str]
-    status: Mapped[str] = mapped_column(String(16), server_default=CodeStatus.available.value)
-    recipient_id: Mapped[str | None]
-    address: Mapped[str | None]
-    channel: Mapped[str | None] = mapped_column(String(16))
-    delivery_id: Mapped[str | None]
-    additional: Mapped[bool] = mapped_column(server_default=text("false"))
-    assigned_at: Mapped[datetime | None]
-    redeemed_at: Mapped[datetime | None]
-    voided_at: Mapped[datetime | None]
-    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
-    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    id: Col[int] = identity()
+    set_id: Col[uuid.UUID] = Field(foreign_key="coupon_sets.id", ondelete="CASCADE")
+    pool_id: Col[uuid.UUID] = Field(foreign_key="pools.id", ondelete="CASCADE")
+    code: Col[str]
+    lookup: Col[str]
+    status: Col[str] = Field(
+        default=CodeStatus.available.value,
+        max_length=16,
+        sa_column_kwargs={"server_default": CodeStatus.available.value},
+    )
+    recipient_id: Col[str | None] = Field(default=None)
+    address: Col[str | None] = Field(default=None)
+    channel: Col[str | None] = Field(default=None, max_length=16)
+    delivery_id: Col[str | None] = Field(default=None)
+    additional: Col[bool] = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    assigned_at: Col[datetime | None] = Field(default=None)
+    redeemed_at: Col[datetime | None] = Field(default=None)
+    voided_at: Col[datetime | None] = Field(default=None)
+    # "metadata" is SQLModel's (and SQLAlchemy's) on a table class; the column keeps the name.
+    metadata_: Col[dict[str, Any] | None] = Field(
+        default=None, sa_type=JSONB, sa_column_kwargs={"name": "metadata"}
+    )
+    created_at: Col[datetime] = insert_time()
 
 
 UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
@@ -101,104 +107,3 @@ def normalise(code: str, *, exact: bool) -> str:
     """The form codes are compared in: as given for exact sets, otherwise upper-case
     without spaces, dashes, dots or underscores (``spring-ab12`` finds ``SPRING AB12``)."""
     return code if exact else _SEPARATORS.sub("", code).upper()
-
-
-CodeText = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
-]
-
-MAX_CODES_PER_REQUEST = 10_000
-MAX_GENERATE = 1_000_000
-
-
-class CodeReturn(WriteModel):
-    reason: str | None = Field(
-        default=None,
-        max_length=500,
-        description="Why the code comes back (kept in the audit trail), e.g. 'bounced'.",
-        examples=["bounced"],
-    )
-
-
-class CodesAdd(WriteModel):
-    checked_per_item = frozenset({"codes"})
-    codes: list[str] = Field(min_length=1, max_length=MAX_CODES_PER_REQUEST)
-    pool: str = Field(default="default", min_length=1, max_length=200)
-
-
-class RejectedCode(BaseModel):
-    index: int = Field(description="Position in the request's list, from 0")
-    code: str
-    reason: str
-
-
-class CodesAdded(BaseModel):
-    accepted: int
-    duplicates: int = Field(description="Already in the set, or repeated in this request")
-    rejected: list[RejectedCode]
-    duplicate_codes: list[str] = Field(description="The duplicates (at most the first 100)")
-
-
-class CodesGenerate(WriteModel):
-    """Either a ``pattern`` (``#`` a digit, ``?`` a letter, anything else literal) or a
-    ``length`` over a ``charset``."""
-
-    count: int = Field(ge=1, le=MAX_GENERATE)
-    pattern: str | None = Field(
-        default=None, min_length=1, max_length=100, examples=["SPRING-####-????"]
-    )
-    length: int | None = Field(default=None, ge=4, le=64)
-    charset: Literal["alphanumeric", "letters", "digits", "unambiguous"] | str = Field(
-        default="unambiguous",
-        description="A named set or the characters themselves. `unambiguous` leaves out "
-        "0/O, 1/I/L.",
-    )
-    prefix: str = Field(default="", max_length=32, pattern=r"^[^\x00-\x1f\x7f]*$")
-    suffix: str = Field(default="", max_length=32, pattern=r"^[^\x00-\x1f\x7f]*$")
-    pool: str = Field(default="default", min_length=1, max_length=200)
-    min_space_ratio: int = Field(
-        default=1_000_000,
-        ge=2,
-        le=10**12,
-        description="The code space must hold this many times the set's codes (existing "
-        "plus new). The default keeps a guessed code valid at most once in a million tries.",
-    )
-
-    @model_validator(mode="after")
-    def _one_shape(self) -> "CodesGenerate":
-        if (self.pattern is None) == (self.length is None):
-            raise ValueError("give either a pattern or a length")
-        if self.pattern is not None and not any(ch in "#?" for ch in self.pattern):
-            raise ValueError("the pattern needs at least one # (digit) or ? (letter)")
-        return self
-
-
-class CodesGenerated(BaseModel):
-    generated: int
-    pool: str
-    code_space: int = Field(description="How many codes the shape can make")
-    sample: list[str] = Field(description="The first few codes made")
-
-
-class CodePublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    code: str
-    pool: str
-    status: CodeStatus
-    recipient_id: str | None
-    address: str | None
-    channel: Channel | None
-    delivery_id: str | None
-    additional: bool
-    assigned_at: datetime | None
-    redeemed_at: datetime | None
-    voided_at: datetime | None
-    metadata: dict[str, Any] | None
-    created_at: datetime
-
-
-class CodePage(BaseModel):
-    items: list[CodePublic]
-    next_cursor: str | None

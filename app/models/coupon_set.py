@@ -1,26 +1,15 @@
 """Coupon sets: one offer, either one shared code or a stock of unique codes."""
 
 import enum
-import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Self
+from typing import Any
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    model_validator,
-)
-from sqlalchemy import CheckConstraint, Index, String, func, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import CheckConstraint, Index, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field
 
-from app.models.base import Base, Entity
-from app.models.common import Description, Label, Metadata, WriteModel
-from app.pagination import Page
+from app.models.base import Base, Col, Entity
 
 
 class SetKind(enum.StrEnum):
@@ -38,7 +27,7 @@ class MatchMode(enum.StrEnum):
     exact = "exact"
 
 
-class CouponSet(Entity, Base):
+class CouponSet(Entity, Base, table=True):
     __tablename__ = "coupon_sets"
     __table_args__ = (
         # Keys are found case-insensitively, so they are unique case-insensitively.
@@ -61,151 +50,33 @@ class CouponSet(Entity, Base):
         CheckConstraint("fallback_code IS NULL OR kind = 'unique'", name="fallback_code"),
     )
 
-    key: Mapped[str] = mapped_column(String(64))
-    label: Mapped[str]
-    description: Mapped[str | None]
-    kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default=SetStatus.active)
-    shared_code: Mapped[str | None]
+    id: Col[uuid.UUID] = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: Col[str] = Field(max_length=64)
+    # None only on an object that carries some columns (the claim's lookup of a set): the
+    # database requires a label.
+    label: Col[str] = Field(default=None)
+    description: Col[str | None] = Field(default=None)
+    kind: Col[str] = Field(max_length=16)
+    status: Col[str] = Field(default=SetStatus.active.value, max_length=16)
+    shared_code: Col[str | None] = Field(default=None)
     # The shared code in the form lookups compare (app/models/code.py normalise()).
-    shared_lookup: Mapped[str | None]
-    max_uses: Mapped[int | None]
-    valid_from: Mapped[datetime | None]
-    valid_until: Mapped[datetime | None]
-    # "metadata" is taken by SQLAlchemy's declarative base; the column keeps the API's name.
-    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'"))
-    match_mode: Mapped[str] = mapped_column(String(16), server_default=MatchMode.normalized.value)
-    per_recipient_limit: Mapped[int | None]
-    bind_to_recipient: Mapped[bool] = mapped_column(server_default=text("false"))
-    fallback_code: Mapped[str | None]
-
-
-KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,63}$"
-_UUID_SHAPE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
-
-
-def _not_uuid_shaped(value: str) -> str:
-    # A path segment that looks like a UUID is read as an id, so a key may not look like one.
-    if _UUID_SHAPE.match(value):
-        raise ValueError("must not look like a UUID")
-    return value
-
-
-SetKey = Annotated[
-    str,
-    StringConstraints(pattern=KEY_PATTERN),
-    AfterValidator(_not_uuid_shaped),
-    Field(
-        description="Unique, URL-safe name of the set (case-insensitive), used in paths "
-        "and templates. Letters, digits, '.', '_', '~', '-'; at most 64.",
-        examples=["spring-sale-2026"],
-    ),
-]
-
-SharedCode = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
-    ),
-    Field(description="The one code every recipient of a shared set gets", examples=["WELCOME15"]),
-]
-
-
-def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> None:
-    if valid_from is not None and valid_until is not None and valid_from >= valid_until:
-        raise ValueError("valid_from must be before valid_until")
-
-
-class CouponSetCreate(WriteModel):
-    label: Label
-    key: SetKey | None = Field(default=None, description="Generated from the label when absent")
-    kind: SetKind = SetKind.unique
-    shared_code: SharedCode | None = None
-    max_uses: int | None = Field(
-        default=None, ge=1, le=2_000_000_000, description="Shared sets: redemptions allowed in all"
+    shared_lookup: Col[str | None] = Field(default=None)
+    max_uses: Col[int | None] = Field(default=None)
+    valid_from: Col[datetime | None] = Field(default=None)
+    valid_until: Col[datetime | None] = Field(default=None)
+    # "metadata" is SQLModel's (and SQLAlchemy's) on a table class; the column keeps the name.
+    metadata_: Col[dict[str, Any]] = Field(
+        default_factory=dict,
+        sa_type=JSONB,
+        sa_column_kwargs={"name": "metadata", "server_default": text("'{}'")},
     )
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
-    description: Description | None = None
-    metadata: Metadata = Field(default_factory=dict)
-    match_mode: MatchMode = Field(
-        default=MatchMode.normalized,
-        description="`normalized`: codes match ignoring case, spaces, dashes, dots and "
-        "underscores; `exact`: as typed. Fixed at creation.",
+    match_mode: Col[str] = Field(
+        default=MatchMode.normalized.value,
+        max_length=16,
+        sa_column_kwargs={"server_default": MatchMode.normalized.value},
     )
-    per_recipient_limit: int | None = Field(
-        default=None, ge=1, le=1_000_000, description="Shared sets: uses allowed per recipient"
+    per_recipient_limit: Col[int | None] = Field(default=None)
+    bind_to_recipient: Col[bool] = Field(
+        default=False, sa_column_kwargs={"server_default": text("false")}
     )
-    bind_to_recipient: bool = Field(
-        default=False,
-        description="A code may be redeemed only by the recipient it was assigned to",
-    )
-    fallback_code: SharedCode | None = Field(
-        default=None,
-        description="Unique sets: handed out (flagged `fallback`) when the pool is empty",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.kind is SetKind.shared and self.shared_code is None:
-            raise ValueError("a shared set needs its shared_code")
-        if self.kind is SetKind.unique and self.shared_code is not None:
-            raise ValueError("shared_code is only for shared sets; unique sets hold many codes")
-        if self.kind is SetKind.unique and self.max_uses is not None:
-            raise ValueError("max_uses is only for shared sets; each unique code is used once")
-        if self.kind is SetKind.unique and self.per_recipient_limit is not None:
-            raise ValueError("per_recipient_limit is only for shared sets")
-        if self.kind is SetKind.shared and self.fallback_code is not None:
-            raise ValueError("fallback_code is only for unique sets; a shared code never runs out")
-        _check_window(self.valid_from, self.valid_until)
-        return self
-
-
-class CouponSetUpdate(WriteModel):
-    """Only the fields sent change; null clears an optional field. The kind is fixed
-    at creation and the status changes through archive/unarchive."""
-
-    label: Label | None = None
-    key: SetKey | None = None
-    shared_code: SharedCode | None = None
-    max_uses: int | None = Field(default=None, ge=1, le=2_000_000_000)
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
-    description: Description | None = None
-    metadata: Metadata | None = None
-    per_recipient_limit: int | None = Field(default=None, ge=1, le=1_000_000)
-    bind_to_recipient: bool | None = None
-    fallback_code: SharedCode | None = None
-
-    @model_validator(mode="after")
-    def _required_stay_set(self) -> Self:
-        for name in ("label", "key", "shared_code", "metadata", "bind_to_recipient"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
-        return self
-
-
-class CouponSetPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    key: str
-    label: str
-    description: str | None
-    kind: SetKind
-    status: SetStatus
-    shared_code: str | None
-    max_uses: int | None
-    valid_from: datetime | None
-    valid_until: datetime | None
-    metadata: dict[str, Any] = Field(validation_alias="metadata_")
-    match_mode: MatchMode
-    per_recipient_limit: int | None
-    bind_to_recipient: bool
-    fallback_code: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class CouponSetPage(Page[CouponSetPublic]):
-    pass
+    fallback_code: Col[str | None] = Field(default=None)

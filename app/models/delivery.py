@@ -6,16 +6,13 @@ confirm and renders each message's text for the sending system."""
 import enum
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, CheckConstraint, Index, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field
 
-from app.models.base import Base, Entity
-from app.models.code import Channel
-from app.models.common import Label, Metadata, WriteModel
-from app.pagination import Page
+from app.models.base import Base, Col, Entity, counter, identity
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -31,7 +28,7 @@ class ContentType(enum.StrEnum):
     html = "html"
 
 
-class Delivery(Entity, Base):
+class Delivery(Entity, Base, table=True):
     __tablename__ = "deliveries"
     __table_args__ = (
         Index("ix_deliveries_created_at_id", "created_at", "id"),
@@ -42,35 +39,47 @@ class Delivery(Entity, Base):
         CheckConstraint("message_limit IS NULL OR message_limit >= 0", name="message_limit"),
     )
 
-    label: Mapped[str]
-    coupon_set_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("coupon_sets.id", ondelete="CASCADE")
-    )
+    id: Col[uuid.UUID] = Field(default_factory=uuid.uuid4, primary_key=True)
+    label: Col[str]
+    coupon_set_id: Col[uuid.UUID] = Field(foreign_key="coupon_sets.id", ondelete="CASCADE")
     # Unique sets: the pool the codes come from. Shared sets have no pools.
-    pool_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
-    channel: Mapped[str | None] = mapped_column(String(16))
-    subject: Mapped[str | None]
-    template: Mapped[str | None]
-    content_type: Mapped[str] = mapped_column(String(8), server_default=ContentType.text.value)
-    status: Mapped[str] = mapped_column(String(16), server_default=DeliveryStatus.draft.value)
-    message_limit: Mapped[int | None]
-    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'"))
-    recipient_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    pool_id: Col[uuid.UUID | None] = Field(default=None, foreign_key="pools.id", ondelete="CASCADE")
+    channel: Col[str | None] = Field(default=None, max_length=16)
+    subject: Col[str | None] = Field(default=None)
+    template: Col[str | None] = Field(default=None)
+    content_type: Col[str] = Field(
+        default=ContentType.text.value,
+        max_length=8,
+        sa_column_kwargs={"server_default": ContentType.text.value},
+    )
+    status: Col[str] = Field(
+        default=DeliveryStatus.draft.value,
+        max_length=16,
+        sa_column_kwargs={"server_default": DeliveryStatus.draft.value},
+    )
+    message_limit: Col[int | None] = Field(default=None)
+    # "metadata" is SQLModel's (and SQLAlchemy's) on a table class; the column keeps the name.
+    metadata_: Col[dict[str, Any]] = Field(
+        default_factory=dict,
+        sa_type=JSONB,
+        sa_column_kwargs={"name": "metadata", "server_default": text("'{}'")},
+    )
+    recipient_count: Col[int] = counter()
     # Set at confirm: the last target (by seq) that gets a message, after the limit.
-    last_seq: Mapped[int | None] = mapped_column(BigInteger)
+    last_seq: Col[int | None] = Field(default=None, sa_type=BigInteger)
     # Progress of a confirm: targets handled so far, codes handed out, codes kept.
-    processed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    assigned: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    kept: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    failed_messages: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    failure_reason: Mapped[str | None]
-    analysis: Mapped[dict[str, Any] | None]
-    api_key_id: Mapped[uuid.UUID | None]
-    confirmed_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    processed: Col[int] = counter()
+    assigned: Col[int] = counter()
+    kept: Col[int] = counter()
+    failed_messages: Col[int] = counter()
+    failure_reason: Col[str | None] = Field(default=None)
+    analysis: Col[dict[str, Any] | None] = Field(default=None, sa_type=JSONB)
+    api_key_id: Col[uuid.UUID | None] = Field(default=None)
+    confirmed_at: Col[datetime | None] = Field(default=None)
+    finished_at: Col[datetime | None] = Field(default=None)
 
 
-class DeliveryRecipient(Base):
+class DeliveryRecipient(Base, table=True):
     """One target of a delivery. Its code is not stored here: a recipient holds at most
     one primary code per pool (``uq_codes_recipient``), so the code is found from
     (pool, recipient) and can never disagree with the codes table."""
@@ -80,194 +89,14 @@ class DeliveryRecipient(Base):
         Index("uq_delivery_recipients_recipient", "delivery_id", "recipient_id", unique=True),
     )
 
-    delivery_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True
+    delivery_id: Col[uuid.UUID] = Field(
+        primary_key=True, foreign_key="deliveries.id", ondelete="CASCADE"
     )
     # Order of addition: the message limit keeps the first ones.
-    seq: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    recipient_id: Mapped[str]
-    address: Mapped[str | None]
-    fields: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'"))
-    failed_at: Mapped[datetime | None]
-
-
-Template = Annotated[
-    str,
-    StringConstraints(max_length=65_536),
-    Field(
-        description="Jinja2 text (sandboxed, no loops): `{{ coupon.code }}`, "
-        "`{{ recipient.address }}`, `{{ recipient.<field> }}`, `{{ coupon_set.label }}`…",
-        examples=[
-            "Hello {{ recipient.first_name | default('there') }}, your code: {{ coupon.code }}"
-        ],
-    ),
-]
-Subject = Annotated[
-    str,
-    StringConstraints(max_length=2_000),
-    Field(description="Jinja2 text like the template", examples=["{{ coupon_set.label }}"]),
-]
-
-
-class DeliveryCreate(WriteModel):
-    label: Label
-    coupon_set_id: str = Field(
-        min_length=1, max_length=64, description="The set's id or key", examples=["spring-2026"]
+    seq: Col[int] = identity()
+    recipient_id: Col[str]
+    address: Col[str | None] = Field(default=None)
+    fields: Col[dict[str, Any]] = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs={"server_default": text("'{}'")}
     )
-    pool: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Unique sets; `default` if absent"
-    )
-    channel: Channel = Channel.email
-    subject: Subject | None = None
-    template: Template | None = None
-    content_type: ContentType = Field(
-        default=ContentType.text,
-        description="`html` escapes every inserted value; `text` inserts them as they are",
-    )
-    message_limit: int | None = Field(
-        default=None, ge=0, le=1_000_000_000, description="Message only the first N targets"
-    )
-    metadata: Metadata = Field(default_factory=dict)
-
-
-class DeliveryUpdate(WriteModel):
-    """Only in `draft` or `analyzed`; any change makes the delivery a draft again, to be
-    analysed anew. ``message_limit: null`` removes the limit."""
-
-    label: Label | None = None
-    channel: Channel | None = None
-    subject: Subject | None = None
-    template: Template | None = None
-    content_type: ContentType | None = None
-    message_limit: int | None = Field(default=None, ge=0, le=1_000_000_000)
-    metadata: Metadata | None = None
-
-
-class PoolAvailability(BaseModel):
-    pool: str
-    available: int
-
-
-class Analysis(BaseModel):
-    targets: int = Field(description="Recipients in the target list")
-    messages: int = Field(description="Messages to send: the targets after the message limit")
-    message_limit: int | None
-    already_holding: int = Field(
-        description="Of those, recipients who already hold a code of this set and pool: "
-        "they keep theirs"
-    )
-    codes_needed: int
-    codes_available: int = Field(description="Free codes of the delivery's pool")
-    pools: list[PoolAvailability] = Field(description="Free codes of every pool of the set")
-    enough: bool
-    shortfall: int
-    log: list[str] = Field(description="The analysis, in words")
-    analyzed_at: datetime
-
-
-class DeliveryPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    label: str
-    coupon_set_id: uuid.UUID
-    coupon_set_key: str
-    pool: str | None
-    channel: Channel | None
-    subject: str | None
-    template: str | None
-    content_type: ContentType
-    status: DeliveryStatus
-    message_limit: int | None
-    metadata: dict[str, Any]
-    recipients: int = Field(description="Targets in the list")
-    messages: int | None = Field(description="Messages of the confirmed delivery, after the limit")
-    processed: int = Field(description="Confirm progress: targets handled so far")
-    assigned: int = Field(description="Codes handed out by this delivery")
-    kept: int = Field(description="Targets who already held a code and kept it")
-    failed_messages: int = Field(description="Messages reported as not sent")
-    failure_reason: str | None
-    analysis: Analysis | None
-    confirmed_at: datetime | None
-    finished_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class DeliveryPage(Page[DeliveryPublic]):
-    pass
-
-
-RecipientIdField = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-
-
-class TargetIn(WriteModel):
-    recipient_id: RecipientIdField
-    address: str | None = Field(default=None, max_length=320)
-    fields: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Extra values for the template: `{{ recipient.<name> }}` (at most 16 KiB)",
-    )
-
-
-class TargetsAdd(WriteModel):
-    recipients: list[TargetIn] = Field(min_length=1, max_length=10_000)
-
-
-class RejectedRow(BaseModel):
-    line: int = Field(description="CSV: the line number; JSON: the index in the list")
-    recipient_id: str | None
-    reason: str
-
-
-class TargetsAdded(BaseModel):
-    received: int
-    added: int
-    duplicates: int = Field(description="Recipient ids already in the list (first one kept)")
-    rejected: int
-    errors: list[RejectedRow] = Field(description="The first 100 rejected rows")
-    recipients: int = Field(description="Targets in the list now")
-
-
-class FailuresReport(WriteModel):
-    recipient_ids: list[RecipientIdField] = Field(min_length=1, max_length=10_000)
-
-
-class FailuresRecorded(BaseModel):
-    returned: int = Field(description="Codes given back to the pool")
-    kept: list[str] = Field(
-        description="Failed recipients whose code came from elsewhere (an earlier "
-        "assignment) or was redeemed meanwhile: marked failed, code not returned"
-    )
-    unknown: list[str] = Field(description="Recipient ids that are not targets of the delivery")
-    failed_messages: int
-
-
-class TargetPublic(BaseModel):
-    recipient_id: str
-    address: str | None
-    fields: dict[str, Any]
-    code: str | None = Field(
-        description="The code the recipient holds in the delivery's pool now (the shared "
-        "code for a shared set once confirmed); null when none"
-    )
-    failed_at: datetime | None = Field(description="When the message was reported as failed")
-
-
-class TargetPage(BaseModel):
-    items: list[TargetPublic]
-    next_cursor: str | None
-
-
-class Preview(BaseModel):
-    recipient_id: str
-    address: str | None
-    code: str | None = Field(
-        description="The code in the message; null before confirm when the recipient holds none yet"
-    )
-    code_source: str = Field(
-        description="`assigned` (by this delivery), `kept` (held already), `shared`, or "
-        "`placeholder` (before confirm: a code will be assigned)"
-    )
-    subject: str | None
-    body: str | None
+    failed_at: Col[datetime | None] = Field(default=None)

@@ -3,22 +3,23 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, LargeBinary, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Index
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field
 
-from app.models.base import Base
+from app.models.base import Base, Col, insert_time
 
 
-class IdempotencyRecord(Base):
+class IdempotencyRecord(Base, table=True):
     __tablename__ = "idempotency_records"
     # Expired records are removed by age (app/idempotency.py, purge_expired).
     __table_args__ = (Index("ix_idempotency_records_created_at", "created_at"),)
 
     # The caller's key digest (api_keys.secret_sha256): keys are per API key.
-    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))
-    status_code: Mapped[int]
-    headers: Mapped[dict[str, Any]]
-    body: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    owner: Col[str] = Field(primary_key=True, max_length=64)
+    key: Col[str] = Field(primary_key=True, max_length=255)
+    fingerprint: Col[str] = Field(max_length=64)
+    status_code: Col[int]
+    headers: Col[dict[str, Any]] = Field(sa_type=JSONB)
+    body: Col[bytes]
+    created_at: Col[datetime] = insert_time()

@@ -8,13 +8,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, String, text
+from sqlalchemy import BigInteger, CheckConstraint, Index, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlmodel import Field
 
-from app.models.base import Base, Entity
-from app.pagination import Page
+from app.models.base import Base, Col, Entity, counter, identity
 
 
 class ImportKind(enum.StrEnum):
@@ -43,7 +41,7 @@ class ImportMode(enum.StrEnum):
 MAX_REPORTED_ERRORS = 100
 
 
-class ImportJob(Entity, Base):
+class ImportJob(Entity, Base, table=True):
     __tablename__ = "import_jobs"
     __table_args__ = (
         Index("ix_import_jobs_set_id_created_at_id", "set_id", "created_at", "id"),
@@ -61,70 +59,39 @@ class ImportJob(Entity, Base):
         CheckConstraint("mode IN ('partial', 'all_or_nothing')", name="mode"),
     )
 
-    set_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("coupon_sets.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
-    format: Mapped[str] = mapped_column(String(8))
-    mode: Mapped[str] = mapped_column(String(16))
-    filename: Mapped[str | None]
-    checksum: Mapped[str | None] = mapped_column(String(64))
-    options: Mapped[dict[str, Any] | None]
-    rows_read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    accepted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    duplicates: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    rejected: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
-    error: Mapped[str | None]
-    api_key_id: Mapped[uuid.UUID | None]
-    idempotency_key: Mapped[str | None]
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    id: Col[uuid.UUID] = Field(default_factory=uuid.uuid4, primary_key=True)
+    set_id: Col[uuid.UUID] = Field(foreign_key="coupon_sets.id", ondelete="CASCADE")
+    kind: Col[str] = Field(max_length=16)
+    status: Col[str] = Field(max_length=16)
+    format: Col[str] = Field(max_length=8)
+    mode: Col[str] = Field(max_length=16)
+    filename: Col[str | None] = Field(default=None)
+    checksum: Col[str | None] = Field(default=None, max_length=64)
+    options: Col[dict[str, Any] | None] = Field(default=None, sa_type=JSONB)
+    rows_read: Col[int] = counter()
+    accepted: Col[int] = counter()
+    duplicates: Col[int] = counter()
+    rejected: Col[int] = counter()
+    errors: Col[list[dict[str, Any]]] = Field(
+        default_factory=list,
+        sa_type=JSONB,
+        sa_column_kwargs={"server_default": text("'[]'::jsonb")},
+    )
+    error: Col[str | None] = Field(default=None)
+    api_key_id: Col[uuid.UUID | None] = Field(default=None)
+    idempotency_key: Col[str | None] = Field(default=None)
+    started_at: Col[datetime | None] = Field(default=None)
+    finished_at: Col[datetime | None] = Field(default=None)
 
 
-class ImportReportRow(Base):
+class ImportReportRow(Base, table=True):
     """One line of a job's report: a rejected or duplicate row."""
 
     __tablename__ = "import_errors"
     __table_args__ = (Index("ix_import_errors_job_id_id", "job_id", "id"),)
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("import_jobs.id", ondelete="CASCADE"))
-    line: Mapped[int] = mapped_column(BigInteger)
-    code: Mapped[str | None]
-    reason: Mapped[str]
-
-
-class RowError(BaseModel):
-    line: int = Field(description="Line of the file (1-based, the header included)")
-    code: str | None
-    reason: str
-
-
-class ImportJobPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    set_id: uuid.UUID
-    kind: ImportKind
-    status: ImportStatus
-    format: ImportFormat
-    mode: ImportMode
-    filename: str | None
-    checksum: str | None = Field(description="SHA-256 of the file, hex")
-    rows_read: int
-    accepted: int
-    duplicates: int = Field(description="Repeated within the file or already in the set")
-    rejected: int
-    errors: list[RowError] = Field(
-        description=f"The first {MAX_REPORTED_ERRORS} rejected or duplicate rows; the whole "
-        "report is at `.../errors.csv`"
-    )
-    error: str | None = Field(description="Why a failed job failed")
-    api_key_id: uuid.UUID | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class ImportJobPage(Page[ImportJobPublic]):
-    pass
+    id: Col[int] = identity()
+    job_id: Col[uuid.UUID] = Field(foreign_key="import_jobs.id", ondelete="CASCADE")
+    line: Col[int] = Field(sa_type=BigInteger)
+    code: Col[str | None] = Field(default=None)
+    reason: Col[str]

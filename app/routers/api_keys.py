@@ -6,10 +6,12 @@ from fastapi import APIRouter, Response, status
 
 from app.auth import AdminKey
 from app.db import Session
-from app.errors import LastAdminKey, NotFound, problem_responses
+from app.errors import LastAdminKey, NotFound
 from app.idempotency import IdempotentRoute
-from app.models.api_key import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPage, ApiKeyPublic
 from app.pagination import PageQuery, build_page
+from app.problems import problem_responses
+from app.schemas.api_key import ApiKeyCreate, ApiKeyCreated, ApiKeyPage, ApiKeyPublic
+from app.schemas.mappers import api_key_created, api_key_public
 from app.services import api_keys
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=IdempotentRoute)
@@ -27,22 +29,22 @@ async def create_api_key(
 ) -> ApiKeyCreated:
     key, secret = await api_keys.create_api_key(session, data=body, created_by=caller)
     response.headers["Location"] = f"{router.prefix}/{key.id}"
-    return ApiKeyCreated(**ApiKeyPublic.model_validate(key).model_dump(), secret=secret)
+    return api_key_created(key, secret)
 
 
 @router.get("", summary="List API keys, newest first", responses=problem_responses())
 async def list_api_keys(_: AdminKey, session: Session, page: PageQuery) -> ApiKeyPage:
-    return build_page(ApiKeyPage, await api_keys.list_api_keys(session, params=page), page)
+    rows = await api_keys.list_api_keys(session, params=page)
+    return build_page(ApiKeyPage, rows, page, api_key_public)
 
 
 @router.get(
     "/{key_id}",
     summary="Get an API key",
-    response_model=ApiKeyPublic,
     responses=problem_responses(NotFound),
 )
-async def get_api_key(_: AdminKey, key_id: uuid.UUID, session: Session) -> ApiKey:
-    return await api_keys.get_api_key(session, key_id)
+async def get_api_key(_: AdminKey, key_id: uuid.UUID, session: Session) -> ApiKeyPublic:
+    return api_key_public(await api_keys.get_api_key(session, key_id))
 
 
 @router.delete(

@@ -7,19 +7,12 @@ from fastapi import APIRouter, Query, Response, status
 
 from app.auth import AssignKey, ReadKey
 from app.db import Session
-from app.errors import (
-    Expired,
-    NotFound,
-    NotYetValid,
-    PoolExhausted,
-    PoolsNotSupported,
-    SetArchived,
-    problem_responses,
-)
+from app.errors import Expired, NotFound, NotYetValid, PoolExhausted, PoolsNotSupported, SetArchived
 from app.idempotency import IdempotencyKey, IdempotentRoute
-from app.models.assignment import AssignmentCreate, AssignmentPage, AssignmentPublic
 from app.pagination import PageQuery, next_id_cursor
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef, SetRef
+from app.schemas.assignment import AssignmentCreate, AssignmentPage, AssignmentPublic
 from app.services import assignments
 
 router = APIRouter(

@@ -6,10 +6,13 @@ from fastapi import APIRouter, Query
 
 from app.auth import ReadKey
 from app.db import Session
-from app.errors import NotFound, problem_responses
-from app.models.audit import AuditAction, AuditEventPublic, AuditPage
+from app.errors import NotFound
+from app.models.audit import AuditAction
 from app.pagination import PageQuery, next_id_cursor
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
+from app.schemas.audit import AuditPage
+from app.schemas.mappers import audit_event_public
 from app.services import audit
 
 router = APIRouter(prefix="/v1/coupon-sets/{set_id}/audit", tags=["audit"])
@@ -34,6 +37,6 @@ async def list_audit_events(
         session, set_id=coupon_set.id, action=action, code=code, params=page
     )
     return AuditPage(
-        items=[AuditEventPublic.model_validate(e) for e in events[: page.limit]],
+        items=[audit_event_public(e) for e in events[: page.limit]],
         next_cursor=next_id_cursor([e.id for e in events], page),
     )

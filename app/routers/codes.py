@@ -12,11 +12,13 @@ from app.errors import (
     NotFound,
     NotReturnable,
     WrongSetKind,
-    problem_responses,
 )
 from app.idempotency import IdempotencyKey, IdempotentRoute
-from app.models.code import (
-    Code,
+from app.models.code import CodeStatus
+from app.pagination import PageQuery, next_id_cursor
+from app.problems import problem_responses
+from app.routers.coupon_sets import CouponSetRef
+from app.schemas.code import (
     CodePage,
     CodePublic,
     CodeReturn,
@@ -24,10 +26,8 @@ from app.models.code import (
     CodesAdded,
     CodesGenerate,
     CodesGenerated,
-    CodeStatus,
 )
-from app.pagination import PageQuery, next_id_cursor
-from app.routers.coupon_sets import CouponSetRef
+from app.schemas.mappers import code_public
 from app.services import codes
 
 router = APIRouter(
@@ -37,20 +37,6 @@ router = APIRouter(
 CodeParam = Annotated[
     str, Path(min_length=1, max_length=100, description="The code, matched as the set matches")
 ]
-
-
-def _public(code: Code, pool: str) -> CodePublic:
-    return CodePublic.model_validate(
-        {
-            **{
-                c: getattr(code, c)
-                for c in CodePublic.model_fields
-                if c not in ("pool", "metadata")
-            },
-            "pool": pool,
-            "metadata": code.metadata_,
-        }
-    )
 
 
 @router.post(
@@ -115,7 +101,7 @@ async def list_codes(
         params=page,
     )
     return CodePage(
-        items=[_public(code, name) for code, name in rows[: page.limit]],
+        items=[code_public(code, name) for code, name in rows[: page.limit]],
         next_cursor=next_id_cursor([code.id for code, _ in rows], page),
     )
 
@@ -128,7 +114,7 @@ async def list_codes(
 async def get_code(
     _: ReadKey, coupon_set: CouponSetRef, code: CodeParam, session: Session
 ) -> CodePublic:
-    return _public(*await codes.get_code(session, coupon_set=coupon_set, code=code))
+    return code_public(*await codes.get_code(session, coupon_set=coupon_set, code=code))
 
 
 @router.post(
@@ -150,7 +136,7 @@ async def return_code(
     key: IdempotencyKey,
     body: CodeReturn | None = None,
 ) -> CodePublic:
-    return _public(
+    return code_public(
         *await codes.return_code(
             session,
             coupon_set=coupon_set,
@@ -176,7 +162,7 @@ async def void_code(
     session: Session,
     key: IdempotencyKey,
 ) -> CodePublic:
-    return _public(
+    return code_public(
         *await codes.void_code(
             session, coupon_set=coupon_set, code=code, actor=_, idempotency_key=key
         )

@@ -6,18 +6,13 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from app.auth import ReadKey, WriteKey
 from app.db import Session
-from app.errors import KeyTaken, NotFound, SetInUse, problem_responses
+from app.errors import KeyTaken, NotFound, SetInUse
 from app.idempotency import IdempotentRoute
-from app.models.coupon_set import (
-    CouponSet,
-    CouponSetCreate,
-    CouponSetPage,
-    CouponSetPublic,
-    CouponSetUpdate,
-    SetKind,
-    SetStatus,
-)
+from app.models.coupon_set import CouponSet, SetKind, SetStatus
 from app.pagination import PageQuery, build_page
+from app.problems import problem_responses
+from app.schemas.coupon_set import CouponSetCreate, CouponSetPage, CouponSetPublic, CouponSetUpdate
+from app.schemas.mappers import coupon_set_public
 from app.services import coupon_sets
 
 router = APIRouter(prefix="/v1/coupon-sets", tags=["coupon-sets"], route_class=IdempotentRoute)
@@ -39,15 +34,14 @@ CouponSetRef = Annotated[CouponSet, Depends(_coupon_set)]
     summary="Create a coupon set",
     description="A `unique` set gets its `default` pool; a `shared` set needs its "
     "`shared_code`. The `key` is generated from the label when absent.",
-    response_model=CouponSetPublic,
     responses=problem_responses(KeyTaken),
 )
 async def create_coupon_set(
     _: WriteKey, body: CouponSetCreate, session: Session, response: Response
-) -> CouponSet:
+) -> CouponSetPublic:
     coupon_set = await coupon_sets.create_coupon_set(session, data=body)
     response.headers["Location"] = f"{router.prefix}/{coupon_set.id}"
-    return coupon_set
+    return coupon_set_public(coupon_set)
 
 
 @router.get("", summary="Search coupon sets, newest first", responses=problem_responses())
@@ -63,17 +57,16 @@ async def list_coupon_sets(
     status: SetStatus | None = None,
 ) -> CouponSetPage:
     rows = await coupon_sets.list_coupon_sets(session, q=q, kind=kind, status=status, params=page)
-    return build_page(CouponSetPage, rows, page)
+    return build_page(CouponSetPage, rows, page, coupon_set_public)
 
 
 @router.get(
     "/{set_id}",
     summary="Get a coupon set by id or key",
-    response_model=CouponSetPublic,
     responses=problem_responses(NotFound),
 )
-async def get_coupon_set(_: ReadKey, coupon_set: CouponSetRef) -> CouponSet:
-    return coupon_set
+async def get_coupon_set(_: ReadKey, coupon_set: CouponSetRef) -> CouponSetPublic:
+    return coupon_set_public(coupon_set)
 
 
 @router.patch(
@@ -81,36 +74,40 @@ async def get_coupon_set(_: ReadKey, coupon_set: CouponSetRef) -> CouponSet:
     summary="Update a coupon set",
     description="Changes only the fields sent; `null` clears an optional field. "
     "Unknown fields, `kind` and `status` are refused.",
-    response_model=CouponSetPublic,
     responses=problem_responses(NotFound, KeyTaken),
 )
 async def update_coupon_set(
     _: WriteKey, body: CouponSetUpdate, coupon_set: CouponSetRef, session: Session
-) -> CouponSet:
-    return await coupon_sets.update_coupon_set(session, coupon_set=coupon_set, data=body)
+) -> CouponSetPublic:
+    updated = await coupon_sets.update_coupon_set(session, coupon_set=coupon_set, data=body)
+    return coupon_set_public(updated)
 
 
 @router.post(
     "/{set_id}/archive",
     summary="Archive a coupon set",
     description="An archived set hands out and redeems nothing. Archiving twice is harmless.",
-    response_model=CouponSetPublic,
     responses=problem_responses(NotFound),
 )
-async def archive_coupon_set(_: WriteKey, coupon_set: CouponSetRef, session: Session) -> CouponSet:
-    return await coupon_sets.set_status(session, coupon_set=coupon_set, status=SetStatus.archived)
+async def archive_coupon_set(
+    _: WriteKey, coupon_set: CouponSetRef, session: Session
+) -> CouponSetPublic:
+    archived = await coupon_sets.set_status(
+        session, coupon_set=coupon_set, status=SetStatus.archived
+    )
+    return coupon_set_public(archived)
 
 
 @router.post(
     "/{set_id}/unarchive",
     summary="Make an archived coupon set active again",
-    response_model=CouponSetPublic,
     responses=problem_responses(NotFound),
 )
 async def unarchive_coupon_set(
     _: WriteKey, coupon_set: CouponSetRef, session: Session
-) -> CouponSet:
-    return await coupon_sets.set_status(session, coupon_set=coupon_set, status=SetStatus.active)
+) -> CouponSetPublic:
+    active = await coupon_sets.set_status(session, coupon_set=coupon_set, status=SetStatus.active)
+    return coupon_set_public(active)
 
 
 @router.delete(

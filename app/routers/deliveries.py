@@ -22,15 +22,16 @@ from app.errors import (
     TemplateInvalid,
     UnsupportedMediaType,
     ValidationFailed,
-    problem_responses,
 )
 from app.idempotency import IdempotentRoute, hashed_stream, streams_body
-from app.models.delivery import (
+from app.models.delivery import DeliveryStatus
+from app.pagination import PageQuery, encode_cursor, next_id_cursor
+from app.problems import problem_responses
+from app.schemas.delivery import (
     Analysis,
     DeliveryCreate,
     DeliveryPage,
     DeliveryPublic,
-    DeliveryStatus,
     DeliveryUpdate,
     FailuresRecorded,
     FailuresReport,
@@ -39,7 +40,6 @@ from app.models.delivery import (
     TargetsAdd,
     TargetsAdded,
 )
-from app.pagination import PageQuery, encode_cursor, next_id_cursor
 from app.services import deliveries
 from app.services.deliveries import ConfirmationsDep
 from app.settings import SettingsDep

@@ -7,8 +7,9 @@ from fastapi.responses import StreamingResponse
 
 from app.auth import WriteKey
 from app.db import DriverPool, Session
-from app.errors import NotFound, WrongSetKind, problem_responses
+from app.errors import NotFound, WrongSetKind
 from app.models.code import CodeStatus
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
 from app.services import exports
 from app.services.exports import ExportFormat

@@ -7,9 +7,10 @@ from sqlalchemy import text
 
 from app.auth import ReadKey
 from app.db import Engine
-from app.errors import ServiceUnavailable, problem_responses
+from app.errors import ServiceUnavailable
 from app.metrics import Registry
 from app.migrations import head_revisions
+from app.problems import problem_responses
 
 router = APIRouter(tags=["operations"])
 

@@ -19,17 +19,14 @@ from app.errors import (
     NotFound,
     UnsupportedMediaType,
     WrongSetKind,
-    problem_responses,
 )
 from app.idempotency import KEY_PATTERN
-from app.models.import_job import (
-    ImportJob,
-    ImportJobPage,
-    ImportJobPublic,
-    ImportKind,
-)
+from app.models.import_job import ImportJob, ImportKind
 from app.pagination import PageQuery, build_page
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
+from app.schemas.import_job import ImportJobPage, ImportJobPublic
+from app.schemas.mappers import import_job_public
 from app.services import imports
 from app.uploads import Upload
 
@@ -117,7 +114,7 @@ def _answer(started: imports.StartedImport, set_ref: str, kind: ImportKind) -> J
     headers = {"Location": f"/v1/coupon-sets/{set_ref}/{_PATHS[kind]}/{job.id}"}
     if started.replayed:
         headers["Idempotent-Replayed"] = "true"
-    body = jsonable_encoder(ImportJobPublic.model_validate(job))
+    body = jsonable_encoder(import_job_public(job))
     return JSONResponse(body, status_code=started.status_code, headers=headers)
 
 
@@ -237,7 +234,7 @@ async def _list(
     session: Session, coupon_set: CouponSetRef, page: PageQuery, kind: ImportKind
 ) -> ImportJobPage:
     rows = await imports.list_jobs(session, coupon_set=coupon_set, kind=kind, params=page)
-    return build_page(ImportJobPage, rows, page)
+    return build_page(ImportJobPage, rows, page, import_job_public)
 
 
 async def _errors(
@@ -289,7 +286,7 @@ async def get_import(
     job = await imports.get_job(
         session, coupon_set=coupon_set, kind=ImportKind.codes, job_id=import_id
     )
-    return ImportJobPublic.model_validate(job)
+    return import_job_public(job)
 
 
 @router.get(
@@ -332,7 +329,7 @@ async def get_redemption_import(
     job = await imports.get_job(
         session, coupon_set=coupon_set, kind=ImportKind.redemptions, job_id=import_id
     )
-    return ImportJobPublic.model_validate(job)
+    return import_job_public(job)
 
 
 @router.get(

@@ -13,11 +13,13 @@ from app.errors import (
     NotFound,
     PoolNotEmpty,
     PoolsNotSupported,
-    problem_responses,
 )
 from app.idempotency import IdempotentRoute
-from app.models.pool import Pool, PoolCreate, PoolList, PoolPublic, PoolStock, PoolUpdate
+from app.models.pool import Pool
+from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
+from app.schemas.mappers import pool_public
+from app.schemas.pool import PoolCreate, PoolList, PoolPublic, PoolStock, PoolUpdate
 from app.services import codes, pools
 
 router = APIRouter(
@@ -42,15 +44,7 @@ async def _with_stock(session: Session, rows: list[Pool]) -> list[PoolPublic]:
     # One pool (get, create, rename) is counted alone; a list counts the whole set.
     only = rows[0].id if len(rows) == 1 else None
     stock = await codes.pool_stock(session, set_id=rows[0].set_id, pool_id=only)
-    return [
-        PoolPublic.model_validate(
-            {
-                **{f: getattr(p, f) for f in ("id", "set_id", "name", "created_at", "updated_at")},
-                "stock": PoolStock(**stock.get(p.id, {})),
-            }
-        )
-        for p in rows
-    ]
+    return [pool_public(p, PoolStock(**stock.get(p.id, {}))) for p in rows]
 
 
 @router.post(

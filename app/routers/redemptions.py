@@ -20,12 +20,12 @@ from app.errors import (
     TooManyRequests,
     UnknownCode,
     Voided,
-    problem_responses,
 )
 from app.idempotency import IdempotencyKey, IdempotentRoute
 from app.models.audit import AuditAction
-from app.models.redemption import RedemptionPublic, RedemptionRequest, ValidationResult
+from app.problems import problem_responses
 from app.ratelimit import RedeemRateLimit
+from app.schemas.redemption import RedemptionPublic, RedemptionRequest, ValidationResult
 from app.services import redemptions
 
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"], route_class=IdempotentRoute)

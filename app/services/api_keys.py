@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import locks
 from app.errors import LastAdminKey, NotFound
-from app.models.api_key import ApiKey, ApiKeyCreate, Scope
+from app.models.api_key import ApiKey, Scope
 from app.pagination import PageParams, paginate
+from app.schemas.api_key import ApiKeyCreate
 
 SECRET_PREFIX = "cpn_"  # noqa: S105 (a marker that makes leaked keys searchable)
 # Shown in lists to tell keys apart: "cpn_" and 8 characters, 48 bits of a 256-bit secret.

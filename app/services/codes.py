@@ -19,21 +19,12 @@ from app.errors import (
 )
 from app.models.api_key import ApiKey
 from app.models.audit import AuditAction
-from app.models.code import (
-    UNSTORABLE,
-    Code,
-    CodesAdd,
-    CodesAdded,
-    CodesGenerate,
-    CodesGenerated,
-    CodeStatus,
-    RejectedCode,
-    normalise,
-)
+from app.models.code import UNSTORABLE, Code, CodeStatus, normalise
 from app.models.coupon_set import CouponSet, MatchMode, SetKind
 from app.models.pool import Pool
 from app.models.redemption import Redemption, RedemptionStatus
 from app.pagination import PageParams, decode_id_cursor
+from app.schemas.code import CodesAdd, CodesAdded, CodesGenerate, CodesGenerated, RejectedCode
 from app.services import audit, pools
 
 _BATCH = 10_000

@@ -12,16 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import flush_unique
 from app.errors import KeyTaken, NotFound, SetInUse, ValidationFailed
 from app.models.code import normalise
-from app.models.coupon_set import (
-    CouponSet,
-    CouponSetCreate,
-    CouponSetUpdate,
-    MatchMode,
-    SetKind,
-    SetStatus,
-)
+from app.models.coupon_set import CouponSet, MatchMode, SetKind, SetStatus
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, paginate
+from app.schemas.coupon_set import CouponSetCreate, CouponSetUpdate
 from app.services import audit
 
 _KEY_INDEX = "uq_coupon_sets_key_lower"

@@ -49,7 +49,7 @@ async def create_pool(session: AsyncSession, *, coupon_set: CouponSet, name: str
     count = await session.scalar(select(func.count()).where(Pool.set_id == coupon_set.id))
     if (count or 0) >= MAX_POOLS_PER_SET:
         raise Conflict(f"A set holds at most {MAX_POOLS_PER_SET} pools.")
-    pool = Pool(set_id=coupon_set.id)
+    pool = Pool(set_id=coupon_set.id, name=name)
     await _save(session, pool, name=name)
     await session.refresh(pool)
     return pool

@@ -30,13 +30,8 @@ from app.models.assignment import SharedAssignment
 from app.models.audit import AuditAction
 from app.models.code import Code, CodeStatus, normalise
 from app.models.coupon_set import CouponSet, MatchMode, SetKind
-from app.models.redemption import (
-    Redemption,
-    RedemptionPublic,
-    RedemptionRequest,
-    RedemptionStatus,
-    ValidationResult,
-)
+from app.models.redemption import Redemption, RedemptionStatus
+from app.schemas.redemption import RedemptionPublic, RedemptionRequest, ValidationResult
 from app.services import audit
 from app.services.assignments import ensure_usable
 

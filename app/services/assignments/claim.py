@@ -19,9 +19,9 @@ from fastapi import Depends, Request
 
 from app.errors import AppError
 from app.models.api_key import ApiKey
-from app.models.assignment import AssignmentCreate, AssignmentPublic
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.pool import DEFAULT_POOL
+from app.schemas.assignment import AssignmentCreate, AssignmentPublic
 from app.services.assignments import sql
 from app.services.assignments.rules import ensure_usable, public
 from app.services.coupon_sets import parse_id

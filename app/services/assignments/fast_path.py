@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.auth import bearer_secret
 from app.errors import AppError
 from app.models.api_key import Scope as KeyScope
-from app.models.assignment import AssignmentCreate
+from app.schemas.assignment import AssignmentCreate
 from app.services.api_keys import KeyCache
 from app.services.assignments.claim import Claimer, Miss
 

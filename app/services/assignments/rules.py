@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import Expired, NotYetValid, SetArchived
-from app.models.assignment import AssignmentPublic
 from app.models.coupon_set import CouponSet, SetStatus
+from app.schemas.assignment import AssignmentPublic
 
 
 def ensure_usable(coupon_set: CouponSet, *, at: datetime | None = None) -> None:

@@ -14,14 +14,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound, PoolExhausted, sqlstate
+from app.db_errors import sqlstate
+from app.errors import NotFound, PoolExhausted
 from app.models.api_key import ApiKey
-from app.models.assignment import AssignmentCreate, AssignmentPublic, SharedAssignment
+from app.models.assignment import SharedAssignment
 from app.models.audit import AuditAction
 from app.models.code import Code
 from app.models.coupon_set import CouponSet, SetKind
-from app.models.pool import DEFAULT_POOL, Pool, PoolStock
+from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, decode_id_cursor
+from app.schemas.assignment import AssignmentCreate, AssignmentPublic
+from app.schemas.pool import PoolStock
 from app.services import audit, pools
 from app.services.assignments import sql
 from app.services.assignments.claim import Assigned, Claimer, Miss, Outcome, ScanHint

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import session_driver
 from app.models.coupon_set import CouponSet
-from app.models.delivery import Analysis, Delivery, DeliveryStatus, PoolAvailability
+from app.models.delivery import Delivery, DeliveryStatus
+from app.schemas.delivery import Analysis, PoolAvailability
 from app.services.deliveries import sql
 from app.services.deliveries.drafts import EDITABLE, load
 

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -30,7 +30,8 @@ from app import locks
 from app.errors import InsufficientCodes, NotFound
 from app.models.api_key import ApiKey
 from app.models.coupon_set import CouponSet
-from app.models.delivery import Delivery, DeliveryPublic, DeliveryStatus
+from app.models.delivery import Delivery, DeliveryStatus
+from app.schemas.delivery import DeliveryPublic
 from app.services.assignments import ensure_usable
 from app.services.deliveries import sql
 from app.services.deliveries.analysis import plan, report
@@ -223,7 +224,7 @@ async def _begin(
         raise
 
 
-def _plain(row: asyncpg.Record) -> dict[str, object]:
+def _plain(row: asyncpg.Record) -> dict[str, Any]:
     """A row's columns as the model's attributes (``metadata`` is ``metadata_`` there)."""
     values = dict(row)
     values["metadata_"] = json.loads(values.pop("metadata"))

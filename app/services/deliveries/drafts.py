@@ -11,16 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import DeliveryNotEditable, NotFound, ValidationFailed
 from app.models.api_key import ApiKey
 from app.models.coupon_set import CouponSet, SetKind
-from app.models.delivery import (
-    Analysis,
-    Delivery,
-    DeliveryCreate,
-    DeliveryPublic,
-    DeliveryStatus,
-    DeliveryUpdate,
-)
+from app.models.delivery import Delivery, DeliveryStatus
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, paginate
+from app.schemas.delivery import Analysis, DeliveryCreate, DeliveryPublic, DeliveryUpdate
 from app.services import coupon_sets, pools
 from app.services.coupon_sets import parse_id
 from app.services.deliveries.templates import Compiled

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import session_driver
 from app.errors import DeliveryNotFinished, NotFound
 from app.models.api_key import ApiKey
-from app.models.delivery import DeliveryStatus, FailuresRecorded
+from app.models.delivery import DeliveryStatus
+from app.schemas.delivery import FailuresRecorded
 from app.services.deliveries import sql
 from app.services.deliveries.drafts import key
 from app.services.deliveries.giveback import give_back, run_of

@@ -21,7 +21,8 @@ from app.csv_guard import cell
 from app.errors import DeliveryNotFinished, NotFound
 from app.models.code import Code
 from app.models.coupon_set import CouponSet
-from app.models.delivery import Delivery, DeliveryRecipient, DeliveryStatus, Preview
+from app.models.delivery import Delivery, DeliveryRecipient, DeliveryStatus
+from app.schemas.delivery import Preview
 from app.services.deliveries import sql
 from app.services.deliveries.drafts import compiled, load
 from app.services.deliveries.templates import Compiled

@@ -15,15 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ValidationFailed
 from app.models.coupon_set import CouponSet
-from app.models.delivery import (
-    Delivery,
-    DeliveryStatus,
-    RejectedRow,
-    TargetIn,
-    TargetPublic,
-    TargetsAdded,
-)
+from app.models.delivery import Delivery, DeliveryStatus
 from app.pagination import PageParams, decode_id_cursor
+from app.schemas.delivery import RejectedRow, TargetIn, TargetPublic, TargetsAdded
 from app.services.deliveries import sql
 from app.services.deliveries.drafts import ensure_editable, load
 from app.services.import_files import MAX_RECORD_CHARS, CsvReader, Row

@@ -21,7 +21,7 @@ from app.db import session_driver
 from app.errors import AppError
 from app.models.audit import AuditAction
 from app.models.import_job import ImportKind, ImportMode
-from app.models.redemption import RedemptionRequest
+from app.schemas.redemption import RedemptionRequest
 from app.services import redemptions
 from app.services.imports import reports, sql
 from app.services.imports.jobs import Job

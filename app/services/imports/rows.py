@@ -13,7 +13,7 @@ from app.errors import NotFound
 from app.models.code import UNSTORABLE, normalise
 from app.models.coupon_set import CouponSet, MatchMode
 from app.models.import_job import ImportFormat, ImportKind
-from app.models.redemption import RedemptionRequest
+from app.schemas.redemption import RedemptionRequest
 from app.services.codes import _reason
 from app.services.imports.options import ImportOptions, invalid
 from app.services.imports.readers import CsvReader, Reader, Row, TextReader, XmlReader
