@@ -78,6 +78,9 @@ class ImportRunner:
         actor: ApiKey,
         idempotency_key: str | None,
     ) -> StartedImport:
+        """Brings an upload into the set: by the fast path, else staged and merged, in
+        the background past ``SYNC_ROWS`` rows. A replay or an earlier job of the same
+        content answers instead."""
         if options.kind is ImportKind.codes:
             ensure_unique_kind(coupon_set)
         if idempotency_key is not None:
