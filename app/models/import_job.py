@@ -1,7 +1,7 @@
 """Import jobs: one uploaded file of codes or redemptions, its counts and its report.
 
 The rows themselves pass through a temporary staging table of the connection that runs
-the job (see app/services/imports.py); only the job and its per-row report are kept."""
+the job (see app/services/imports/); only the job and its per-row report are kept."""
 
 import enum
 import uuid

@@ -20,7 +20,7 @@ from app.pagination import PageParams, decode_id_cursor
 from app.schemas.delivery import RejectedRow, TargetIn, TargetPublic, TargetsAdded
 from app.services.deliveries import sql
 from app.services.deliveries.drafts import ensure_editable, load
-from app.services.import_files import MAX_RECORD_CHARS, CsvReader, Row
+from app.services.imports import MAX_RECORD_CHARS, CsvReader, Row
 
 INSERT_BATCH = 5_000
 MAX_FIELDS_JSON = 16_384
@@ -130,7 +130,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _refusal(reason: str) -> str:
-    """The reader's refusals of a record (app/services/import_files.py), as this list
+    """The reader's refusals of a record (app/services/imports/readers.py), as this list
     reports them: both kinds of a quote left open are an unbalanced quote here."""
     if reason == "unbalanced quote":
         return f"unbalanced quotes: no record ends within {MAX_RECORD_CHARS} characters"
