@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__, docs_pages, idempotency
 from app.db import create_driver_pool, create_engine, create_sessionmaker
+from app.lean import LeanPath
 from app.limits import BodySizeLimitMiddleware
 from app.logging import configure_logging
 from app.metrics import RequestMetrics
@@ -35,7 +36,8 @@ from app.routers import (
 )
 from app.services import api_keys as api_key_service
 from app.services.api_keys import KeyCache
-from app.services.assignments import AssignFastPath, Claimer, fast_path
+from app.services.assignments import Claimer
+from app.services.assignments import fast_path as assignment_path
 from app.services.deliveries import Confirmations
 from app.services.imports import ImportRunner
 from app.settings import Settings, redact_url
@@ -175,12 +177,13 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.include_router(router)
     docs_pages.install(app)
 
-    if settings.assign_fast_path:
+    lean = [assignment_path.route()] if settings.assign_fast_path else []
+    if lean:
         # Just inside the metrics middleware, which records its answers like any other.
-        app.add_middleware(AssignFastPath, max_bytes=settings.max_body_bytes)
+        app.add_middleware(LeanPath, routes=lean, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestMetrics,
-        known=(fast_path.PATH, fast_path.ROUTE),
+        known=[(route.path, route.route) for route in lean],
         excluded_handlers=["/metrics"],
         registry=app.state.metrics_registry,
     )

@@ -14,28 +14,26 @@ from starlette.types import ASGIApp
 
 class RequestMetrics(PrometheusInstrumentatorMiddleware):
     """The instrumentator's middleware (what ``Instrumentator().instrument()`` adds), told
-    the route of the POSTs whose path ``known`` matches: the lean path answers those
+    the routes of the POSTs whose paths ``known`` match: the lean path answers those
     without routing, and they must not pay for the middleware's route match either."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        known: tuple[re.Pattern[str], str],
+        known: Sequence[tuple[re.Pattern[str], str]],
         excluded_handlers: Sequence[str],
         registry: CollectorRegistry,
     ) -> None:
         super().__init__(app, excluded_handlers=excluded_handlers, registry=registry)
-        self._known_path, self._known_route = known
+        self._known = tuple(known)
 
     def _get_handler(self, request: Request) -> tuple[str, bool]:
         scope = request.scope
-        if (
-            scope["method"] == "POST"
-            and not scope.get("root_path")
-            and self._known_path.fullmatch(scope["path"])
-        ):
-            return self._known_route, True
+        if scope["method"] == "POST" and not scope.get("root_path"):
+            for path, route in self._known:
+                if path.fullmatch(scope["path"]):
+                    return route, True
         return super()._get_handler(request)
 
 
