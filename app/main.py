@@ -38,6 +38,7 @@ from app.services import api_keys as api_key_service
 from app.services import imports as import_service
 from app.services.assignments import ClaimCoalescer
 from app.services.deliveries import Confirmations
+from app.services.redemptions import RedemptionEngine
 from app.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
             ClaimCoalescer(app.state.driver_pool, max_in_flight=settings.coalesce_in_flight)
             if settings.coalesce_claims
             else None
+        )
+        app.state.redemptions = RedemptionEngine(
+            app.state.driver_pool, coalesce=settings.coalesce_redemptions
         )
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)

@@ -12,6 +12,7 @@ from app.models.idempotency import IdempotencyRecord
 from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
 from app.models.redemption import Redemption
+from app.models.usage import SetUsage
 
 __all__ = [
     "ApiKey",
@@ -26,5 +27,6 @@ __all__ = [
     "ImportReportRow",
     "Pool",
     "Redemption",
+    "SetUsage",
     "SharedAssignment",
 ]
