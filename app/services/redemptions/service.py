@@ -62,6 +62,27 @@ def _lookups(data: RedemptionRequest) -> tuple[str, str, str | None]:
     )
 
 
+def to_attempt(
+    data: RedemptionRequest, *, api_key_id: uuid.UUID | None, idempotency_key: str | None
+) -> Attempt:
+    """The engine's arguments for a redemption request."""
+    return Attempt(
+        *_lookups(data),
+        recipient_id=data.recipient_id,
+        order_id=data.order_id,
+        amount=data.amount,
+        redeemed_at=data.redeemed_at,
+        hold_seconds=data.hold_seconds,
+        api_key_id=api_key_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+def to_check(data: RedemptionRequest) -> Check:
+    """The engine's arguments for a validation request."""
+    return Check(*_lookups(data), data.recipient_id, data.redeemed_at)
+
+
 def _usable_refusal(row: Mapping[str, Any]) -> AppError:
     """The set's own refusal (archived, before or after its window), worded as for an
     assignment."""
@@ -145,7 +166,7 @@ async def validate(
     session: AsyncSession, *, data: RedemptionRequest, engine: RedemptionEngine | None = None
 ) -> ValidationResult:
     """What a redemption would do now, changing nothing (and locking nothing)."""
-    check = Check(*_lookups(data), data.recipient_id, data.redeemed_at)
+    check = to_check(data)
     if engine is not None:
         row = await engine.validate(check)
     else:
@@ -173,16 +194,7 @@ async def redeem(
     engine: RedemptionEngine | None = None,
 ) -> RedemptionPublic:
     """A use of the code (held with ``hold_seconds``), its audit row included."""
-    attempt = Attempt(
-        *_lookups(data),
-        recipient_id=data.recipient_id,
-        order_id=data.order_id,
-        amount=data.amount,
-        redeemed_at=data.redeemed_at,
-        hold_seconds=data.hold_seconds,
-        api_key_id=actor.id,
-        idempotency_key=idempotency_key,
-    )
+    attempt = to_attempt(data, api_key_id=actor.id, idempotency_key=idempotency_key)
     if engine is not None and idempotency_key is None:
         row = await engine.redeem(attempt)
     else:
