@@ -39,6 +39,7 @@ from app.services import imports as import_service
 from app.services.assignments import ClaimCoalescer
 from app.services.deliveries import Confirmations
 from app.services.redemptions import RedemptionEngine
+from app.services.redemptions.fast_path import LeanRoutes, redemption_routes
 from app.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,11 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     if settings.assign_fast_path:
         # Just outside the metrics middleware, which it feeds itself (see the module).
         app.add_middleware(AssignFastPath, max_bytes=settings.max_body_bytes)
+    if settings.redeem_fast_path:
+        # Outside that one, and outside the metrics middleware too (see the module).
+        app.add_middleware(
+            LeanRoutes, routes=redemption_routes(), max_bytes=settings.max_body_bytes
+        )
     # Outermost, so every log line of the request and every response carry the id.
     app.add_middleware(
         BodySizeLimitMiddleware,

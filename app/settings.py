@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     coalesce_redemptions: bool = True
     # Plain assignments are answered by a lean ASGI layer instead of the FastAPI route.
     assign_fast_path: bool = True
+    # So are plain redemptions and validations.
+    redeem_fast_path: bool = True
     redeem_rate_limit: str = Field(
         default="100/second",
         description=(

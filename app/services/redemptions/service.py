@@ -162,15 +162,8 @@ def public(row: Mapping[str, Any]) -> RedemptionPublic:
     return RedemptionPublic.model_validate({**row, "status": status})
 
 
-async def validate(
-    session: AsyncSession, *, data: RedemptionRequest, engine: RedemptionEngine | None = None
-) -> ValidationResult:
-    """What a redemption would do now, changing nothing (and locking nothing)."""
-    check = to_check(data)
-    if engine is not None:
-        row = await engine.validate(check)
-    else:
-        row = (await validate_on(await session_driver(session), [check]))[0]
+def validation(row: Mapping[str, Any], data: RedemptionRequest) -> ValidationResult:
+    """The answer to a validation, from the engine's row (an ambiguous code is refused)."""
     refusal = _refusal(row)
     if isinstance(refusal, AmbiguousCode):
         raise refusal
@@ -183,6 +176,35 @@ async def validate(
         set_key=row["set_key"],
         remaining_uses=row["remaining"],
     )
+
+
+def redemption(row: Mapping[str, Any], data: RedemptionRequest) -> RedemptionPublic:
+    """The new redemption from the engine's row, or its refusal raised."""
+    refusal = _refusal(row)
+    if refusal is not None:
+        raise refusal
+    # What was sent is echoed as sent (an amount's scale, a time's offset), as always.
+    return public(
+        {
+            **row,
+            "order_id": data.order_id,
+            "amount": data.amount,
+            "redeemed_at": data.redeemed_at or row["redeemed_at"],
+            "settled_at": None,
+        }
+    )
+
+
+async def validate(
+    session: AsyncSession, *, data: RedemptionRequest, engine: RedemptionEngine | None = None
+) -> ValidationResult:
+    """What a redemption would do now, changing nothing (and locking nothing)."""
+    check = to_check(data)
+    if engine is not None:
+        row = await engine.validate(check)
+    else:
+        row = (await validate_on(await session_driver(session), [check]))[0]
+    return validation(row, data)
 
 
 async def redeem(
@@ -199,19 +221,7 @@ async def redeem(
         row = await engine.redeem(attempt)
     else:
         row = (await redeem_on(await session_driver(session), [attempt]))[0]
-    refusal = _refusal(row)
-    if refusal is not None:
-        raise refusal
-    # What was sent is echoed as sent (an amount's scale, a time's offset), as always.
-    return public(
-        {
-            **row,
-            "order_id": data.order_id,
-            "amount": data.amount,
-            "redeemed_at": data.redeemed_at or row["redeemed_at"],
-            "settled_at": None,
-        }
-    )
+    return redemption(row, data)
 
 
 async def get_redemption(engine: RedemptionEngine, redemption_id: uuid.UUID) -> RedemptionPublic:
