@@ -115,7 +115,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
             else None
         )
         app.state.redemptions = RedemptionEngine(
-            app.state.driver_pool, coalesce=settings.coalesce_redemptions
+            app.state.driver_pool,
+            coalesce=settings.coalesce_redemptions,
+            acquire_timeout=settings.db_pool_timeout,
         )
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)

@@ -184,9 +184,11 @@ END $$;
 -- Locks, so that no two transactions can wait for each other: the target most
 -- requests share (the only one, for a batch of one) is locked waiting, with nothing
 -- else held: a unique code's row (FOR NO KEY UPDATE), or a shared set's counter
--- (lock_set_usage(), which also gives back expired holds). Every other target is
--- locked with SKIP LOCKED, never waited for; its requests come back 'busy' if another
--- transaction holds it, and the caller sends them again one by one. Requests are
+-- (lock_set_usage(), which also gives back expired holds); for at most
+-- p_lock_wait_ms if given, so that a lock held long elsewhere (an import's) cannot
+-- hold up every request queued behind the batch. Every other target is locked with
+-- SKIP LOCKED, never waited for. The requests of a target not locked come back
+-- 'busy', and the caller sends them again one by one, each waiting for its own lock. Requests are
 -- then applied in order under those locks, each seeing the ones before it, so limits
 -- are exact: a unique code's active use is found through ix_redemptions_active_code,
 -- a recipient's uses of a shared set through ix_redemptions_active_set (bounded by
@@ -196,7 +198,8 @@ END $$;
 CREATE OR REPLACE FUNCTION redeem_codes(
     p_exact text[], p_loose text[], p_set_refs text[], p_recipient_ids text[],
     p_order_ids text[], p_amounts numeric[], p_redeemed_at timestamptz[],
-    p_hold_seconds integer[], p_api_key_ids uuid[], p_idempotency_keys text[]
+    p_hold_seconds integer[], p_api_key_ids uuid[], p_idempotency_keys text[],
+    p_lock_wait_ms integer
 ) RETURNS TABLE (
     ord integer, refusal text, set_id uuid, set_key text, code text, used bigint,
     set_status text, valid_from timestamptz, valid_until timestamptz, moment timestamptz,
@@ -213,6 +216,7 @@ DECLARE
     v_found record;
     v_first_set uuid;
     v_first_code bigint;
+    v_lock_timeout text := current_setting('lock_timeout');
     v_locked bigint[] := '{}';
     v_usage_sets uuid[] := '{}';
     v_usage_uses bigint[] := '{}';
@@ -249,13 +253,21 @@ BEGIN
     GROUP BY t.sid, t.cid
     ORDER BY count(*) DESC, t.sid, t.cid NULLS FIRST
     LIMIT 1;
-    IF v_first_code IS NOT NULL THEN
-        PERFORM FROM codes c WHERE c.id = v_first_code FOR NO KEY UPDATE;
-        v_locked := ARRAY[v_first_code];
-    ELSIF v_first_set IS NOT NULL THEN
-        v_usage_sets := ARRAY[v_first_set];
-        v_usage_uses := ARRAY[lock_set_usage(v_first_set, true)];
+    IF p_lock_wait_ms IS NOT NULL THEN
+        PERFORM set_config('lock_timeout', p_lock_wait_ms || 'ms', true);
     END IF;
+    BEGIN
+        IF v_first_code IS NOT NULL THEN
+            PERFORM FROM codes c WHERE c.id = v_first_code FOR NO KEY UPDATE;
+            v_locked := ARRAY[v_first_code];
+        ELSIF v_first_set IS NOT NULL THEN
+            v_usage_uses := ARRAY[lock_set_usage(v_first_set, true)];
+            v_usage_sets := ARRAY[v_first_set];
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        NULL;  -- waited long enough: its requests come back 'busy'
+    END;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
     SELECT v_locked || coalesce(array_agg(l.id), '{}') INTO v_locked
     FROM (
         SELECT c.id FROM codes c
@@ -496,7 +508,7 @@ SIGNATURES = (
     "settle_redemption(uuid, text, uuid, text)",
     "validate_codes(text[], text[], text[], text[], timestamptz[])",
     "redeem_codes(text[], text[], text[], text[], text[], numeric[], timestamptz[], integer[], "
-    "uuid[], text[])",
+    "uuid[], text[], integer)",
     "lock_set_usage(uuid, boolean)",
     "redemption_refusal(coupon_sets, codes, timestamptz, text, bigint)",
     "find_redeemable(text, text, text)",

@@ -81,7 +81,7 @@ async def test_a_target_held_by_another_transaction_is_busy_not_waited_for(
     client: httpx.AsyncClient, pool: asyncpg.Pool, engine: RedemptionEngine
 ) -> None:
     await create_set(client, key="spring")
-    await add_codes(client, "spring", ["U-1", "U-2"])
+    await add_codes(client, "spring", ["U-1", "U-2", "U-3"])
     await create_set(client, key="welcome", kind="shared", shared_code="WELCOME")
     await create_set(client, key="other", kind="shared", shared_code="OTHER")
     await engine.redeem(attempt("OTHER"))  # its counter exists now
@@ -97,9 +97,11 @@ async def test_a_target_held_by_another_transaction_is_busy_not_waited_for(
                 connection, [attempt(c) for c in ("WELCOME", "U-2", "WELCOME", "OTHER", "U-1")]
             )
         assert [r["refusal"] for r in rows] == [None, BUSY, None, BUSY, None]
-        # Alone, a request waits for its lock: here, until the holder ends.
+        # Alone, a request waits for its lock: here, until the holder ends; the others
+        # go on meanwhile (its batch gave up waiting after BATCH_LOCK_WAIT_MS).
         late = asyncio.create_task(engine.redeem(attempt("U-2")))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
+        assert (await engine.redeem(attempt("U-3")))["refusal"] is None
         assert not late.done()
     assert (await late)["refusal"] is None
     assert await counter(pool, "welcome") == 2

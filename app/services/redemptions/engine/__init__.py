@@ -25,6 +25,10 @@ from app.services.redemptions.engine.batches import Batcher
 # redeem_codes() did not try this request: another transaction held its code or its
 # set's counter, and a batch waits for one lock only. Alone, the request waits for it.
 BUSY = "busy"
+# How long a coalesced batch waits for its lock (another batch holds it for a few ms):
+# a lock held longer (an import's transaction) would hold up every request queued
+# behind the batch, so its requests go on alone instead ('busy').
+BATCH_LOCK_WAIT_MS = 200
 
 
 class Attempt(NamedTuple):
@@ -57,10 +61,12 @@ def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
 
 
 async def redeem_on(
-    connection: asyncpg.Connection, attempts: Sequence[Attempt]
+    connection: asyncpg.Connection,
+    attempts: Sequence[Attempt],
+    lock_wait_ms: int | None = None,
 ) -> list[asyncpg.Record]:
     """One row per attempt, in their order."""
-    rows = await connection.fetch(sql.REDEEM, *_columns(attempts))
+    rows = await connection.fetch(sql.REDEEM, *_columns(attempts), lock_wait_ms)
     return sorted(rows, key=lambda row: int(row["ord"]))
 
 
@@ -86,29 +92,43 @@ async def settle_on(
 
 class RedemptionEngine:
     """Created once per process at start-up, on the plain asyncpg pool. With
-    ``coalesce``, concurrent redemptions (and validations) share one statement."""
+    ``coalesce``, concurrent redemptions (and validations) share one statement. A
+    connection not free within ``acquire_timeout`` seconds fails the request with a
+    ``TimeoutError`` (a 503, as the session's pool timeout)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, coalesce: bool = True, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        coalesce: bool = True,
+        max_batch: int = 64,
+        acquire_timeout: float | None = None,
+    ) -> None:
         self.pool = pool
-        self._redeems = Batcher(self._redeem_batch, max_batch=max_batch) if coalesce else None
+        self._timeout = acquire_timeout
+        self._redeems = Batcher(self._coalesced, max_batch=max_batch) if coalesce else None
         self._checks = Batcher(self._validate_batch, max_batch=max_batch) if coalesce else None
 
-    async def _redeem_batch(self, attempts: list[Attempt]) -> list[asyncpg.Record]:
-        async with self.pool.acquire() as connection:
-            return await redeem_on(connection, attempts)
+    async def _redeem_batch(
+        self, attempts: list[Attempt], lock_wait_ms: int | None
+    ) -> list[asyncpg.Record]:
+        async with self.pool.acquire(timeout=self._timeout) as connection:
+            return await redeem_on(connection, attempts, lock_wait_ms)
+
+    async def _coalesced(self, attempts: list[Attempt]) -> list[asyncpg.Record]:
+        return await self._redeem_batch(attempts, BATCH_LOCK_WAIT_MS)
 
     async def _validate_batch(self, checks: list[Check]) -> list[asyncpg.Record]:
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire(timeout=self._timeout) as connection:
             return await validate_on(connection, checks)
 
     async def redeem(self, attempt: Attempt) -> asyncpg.Record:
-        if self._redeems is None:
-            row = (await self._redeem_batch([attempt]))[0]
-        else:
+        if self._redeems is not None:
             row = await self._redeems.submit(attempt)
-        if row["refusal"] == BUSY:
-            row = (await self._redeem_batch([attempt]))[0]
-        return row
+            if row["refusal"] != BUSY:
+                return row
+        # Alone, outside the queue: it waits for its lock, holding up no one.
+        return (await self._redeem_batch([attempt], None))[0]
 
     async def validate(self, check: Check) -> asyncpg.Record:
         if self._checks is None:
@@ -122,11 +142,11 @@ class RedemptionEngine:
         api_key_id: uuid.UUID | None,
         idempotency_key: str | None,
     ) -> asyncpg.Record:
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire(timeout=self._timeout) as connection:
             return await settle_on(connection, redemption_id, action, api_key_id, idempotency_key)
 
     async def get(self, redemption_id: uuid.UUID) -> asyncpg.Record | None:
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire(timeout=self._timeout) as connection:
             row: asyncpg.Record | None = await connection.fetchrow(sql.GET, redemption_id)
             return row
 

@@ -17,8 +17,9 @@ FUNCTIONS = (
 # A batch of redemptions (or holds), one element of each array per request, in one
 # statement and so one transaction: redeem_codes() locks each request's code or its
 # shared set's counter, applies the requests in order under those locks and writes
-# their audit rows. A batch of one is a single redemption.
-REDEEM = "SELECT * FROM redeem_codes($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+# their audit rows. A batch of one is a single redemption. $11: how long the batch may
+# wait for its one waited-for lock (milliseconds; NULL: as long as it takes).
+REDEEM = "SELECT * FROM redeem_codes($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 # What those redemptions would answer now: validate_codes() is STABLE, so it can neither
 # write nor lock; it reads the same indexes and counters from one snapshot.
