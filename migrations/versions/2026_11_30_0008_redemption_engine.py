@@ -22,105 +22,116 @@ depends_on: str | Sequence[str] | None = None
 # written above each one.
 FUNCTIONS = {
     "find_redeemable": """
--- The coupon set that holds a code as it was typed, with the code's row for a unique
--- set (NULL for a shared one), and how many sets hold it (`found`; with more than
--- one, their keys in `sets`, and the caller must name one). A unique code is found by
--- its lookup form (ix_codes_lookup), a shared code by its set's
--- (ix_coupon_sets_shared_lookup). Each set compares in its own match mode, so the
--- caller gives both forms: p_exact (the code as sent, trimmed) and p_loose
--- (normalised), made by app/models/code.py normalise(), whose Unicode case rules
--- SQL's upper() does not share. p_set_ref, lower-cased, keeps only the set with that
--- id or key. Reads; locks nothing. One SELECT, which PostgreSQL inlines into the
--- statement that calls it.
-CREATE OR REPLACE FUNCTION find_redeemable(p_exact text, p_loose text, p_set_ref text)
-RETURNS TABLE (found integer, sets text[], s coupon_sets, c codes)
+-- For each code asked about (the i-th element of the arrays, i = 1, 2, ...): the
+-- coupon set that holds it as it was typed, the code's row for a unique set (NULL for
+-- a shared one), and how many sets hold it (`found`; with more than one, their keys
+-- in `sets`, and the caller must name one). A unique code is found by its lookup form
+-- (ix_codes_lookup), a shared code by its set's (ix_coupon_sets_shared_lookup). Each
+-- set compares in its own match mode, so the caller gives both forms: p_exact (the
+-- code as sent, trimmed) and p_loose (normalised), made by app/models/code.py
+-- normalise(), whose Unicode case rules SQL's upper() does not share. p_set_refs,
+-- lower-cased, keep only the set with that id or key. Reads; locks nothing. One
+-- SELECT, which PostgreSQL inlines into the statement that calls it: a batch is
+-- planned once, not once per code.
+CREATE OR REPLACE FUNCTION find_redeemable(p_exact text[], p_loose text[], p_set_refs text[])
+RETURNS TABLE (i integer, found integer, sets text[], s coupon_sets, c codes)
 LANGUAGE sql STABLE AS $$
-    SELECT count(*)::integer, array_agg((f.s).key::text), (array_agg(f.s))[1],
-           (array_agg(f.c))[1]
-    FROM (
-        SELECT s, c
-        FROM codes c
-        JOIN coupon_sets s ON s.id = c.set_id
-        WHERE c.lookup IN (p_exact, p_loose)
-          AND c.lookup = CASE s.match_mode WHEN 'exact' THEN p_exact ELSE p_loose END
-          AND (p_set_ref IS NULL OR p_set_ref IN (s.id::text, lower(s.key)))
-        UNION ALL
-        SELECT s, NULL::codes
-        FROM coupon_sets s
-        WHERE s.kind = 'shared' AND s.shared_lookup IN (p_exact, p_loose)
-          AND s.shared_lookup = CASE s.match_mode WHEN 'exact' THEN p_exact ELSE p_loose END
-          AND (p_set_ref IS NULL OR p_set_ref IN (s.id::text, lower(s.key)))
+    SELECT r.i::integer, f.found, f.sets, f.s, f.c
+    FROM unnest(p_exact, p_loose, p_set_refs) WITH ORDINALITY AS r(exact, loose, ref, i)
+    CROSS JOIN LATERAL (
+        SELECT count(*)::integer AS found, array_agg((m.s).key::text) AS sets,
+               (array_agg(m.s))[1] AS s, (array_agg(m.c))[1] AS c
+        FROM (
+            SELECT s, c
+            FROM codes c
+            JOIN coupon_sets s ON s.id = c.set_id
+            WHERE c.lookup IN (r.exact, r.loose)
+              AND c.lookup = CASE s.match_mode WHEN 'exact' THEN r.exact ELSE r.loose END
+              AND (r.ref IS NULL OR r.ref IN (s.id::text, lower(s.key)))
+            UNION ALL
+            SELECT s, NULL::codes
+            FROM coupon_sets s
+            WHERE s.kind = 'shared' AND s.shared_lookup IN (r.exact, r.loose)
+              AND s.shared_lookup = CASE s.match_mode WHEN 'exact' THEN r.exact ELSE r.loose END
+              AND (r.ref IS NULL OR r.ref IN (s.id::text, lower(s.key)))
+        ) AS m
     ) AS f
+$$;
+""",
+    "redemption_facts": """
+-- Everything the rules of a redemption read, for each request of a batch (the i-th
+-- element of the arrays), as this statement sees it: what find_redeemable() finds,
+-- whether a unique code has a use that counts (redeemed, or held and not expired:
+-- ix_redemptions_active_code, a handful of rows per code), whether the recipient was
+-- given a shared code that is bound to its recipients, the recipient's uses of a
+-- shared set with a per-recipient limit (ix_redemptions_active_set: at most the
+-- limit's worth of rows, never the set's past uses), and a shared set's uses: its
+-- counter, less its holds that expired but are not given back yet
+-- (ix_redemptions_shared_holds: only those that expired since the set's last write).
+-- NULL where a fact does not apply. Read under the batch's locks to redeem, from one
+-- snapshot to validate. One SELECT, inlined into the statement that calls it. Each
+-- lookup is a subquery with LIMIT 1 or an aggregate, so it stays a probe of its index
+-- per request: as EXISTS, the planner may hash all of a table's active uses instead.
+CREATE OR REPLACE FUNCTION redemption_facts(
+    p_exact text[], p_loose text[], p_set_refs text[], p_recipient_ids text[]
+) RETURNS TABLE (
+    i integer, found integer, sets text[], s coupon_sets, c codes, code_used boolean,
+    assigned boolean, recipient_uses bigint, uses bigint
+) LANGUAGE sql STABLE AS $$
+    SELECT f.i, f.found, f.sets, f.s, f.c,
+           CASE WHEN f.found = 1 AND (f.c).id IS NOT NULL THEN coalesce((
+               SELECT true FROM redemptions r
+               WHERE r.code_id = (f.c).id AND r.status IN ('redeemed', 'held')
+                 AND (r.status = 'redeemed' OR r.hold_expires_at > now())
+               LIMIT 1), false) END,
+           CASE WHEN f.found = 1 AND (f.c).id IS NULL AND (f.s).bind_to_recipient THEN coalesce((
+               SELECT true FROM shared_assignments a
+               WHERE a.set_id = (f.s).id AND a.recipient_id = p_recipient_ids[f.i]
+               LIMIT 1), false) END,
+           CASE WHEN f.found = 1 AND (f.c).id IS NULL AND p_recipient_ids[f.i] IS NOT NULL
+                     AND (f.s).per_recipient_limit IS NOT NULL THEN (
+               SELECT count(*) FROM redemptions r
+               WHERE r.set_id = (f.s).id AND r.recipient_id = p_recipient_ids[f.i]
+                 AND r.status IN ('redeemed', 'held')
+                 AND (r.status = 'redeemed' OR r.hold_expires_at > now())) END,
+           CASE WHEN f.found = 1 AND (f.c).id IS NULL THEN
+               coalesce((SELECT u.uses FROM set_usage u WHERE u.set_id = (f.s).id), 0)
+               - (SELECT count(*) FROM redemptions r
+                  WHERE r.set_id = (f.s).id AND r.code_id IS NULL AND r.status = 'held'
+                    AND r.hold_expires_at <= now()) END
+    FROM find_redeemable(p_exact, p_loose, p_set_refs) AS f
 $$;
 """,
     "redemption_refusal": """
 -- Why a use of a code would be refused now, or NULL: the rules of a redemption in the
--- order the API has always applied them (the first that fails names the refusal), and
--- `used`, the count a 'per-recipient-limit' or 'max-uses' refusal was about. p_code is
--- NULL for a shared set, whose uses in all (p_uses) the caller reads: the locked
--- counter to redeem, a snapshot to validate. The rest is read here, through indexes
--- and only when the rules before it passed: a unique code's use that counts
--- (redeemed, or held and not expired: ix_redemptions_active_code, a handful of rows
--- per code), the recipient's assignment of a shared code bound to its recipients, and
--- the recipient's uses of a set with a per-recipient limit (ix_redemptions_active_set:
--- at most the limit's worth of rows, never the set's past uses). Called under the
--- code's or the counter's lock to redeem; STABLE, so it can neither write nor lock.
--- The names returned are mapped to problem types by app/services/redemptions/service.py.
+-- order the API has always applied them (the first that fails names the refusal).
+-- Pure, so a plain expression, cheap per request: the caller reads the facts
+-- (redemption_facts(), and p_uses, the shared set's uses in all: the locked counter to
+-- redeem, a snapshot to validate) and passes them, adding what its own batch took
+-- before this request. p_code is NULL for a shared set. The names returned are mapped
+-- to problem types by app/services/redemptions/service.py.
 CREATE OR REPLACE FUNCTION redemption_refusal(
-    p_set coupon_sets, p_code codes, p_at timestamptz, p_recipient_id text, p_uses bigint,
-    OUT refusal text, OUT used bigint
-) LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_recipient_uses bigint;
+    p_set coupon_sets, p_code codes, p_at timestamptz, p_recipient_id text,
+    p_code_used boolean, p_assigned boolean, p_recipient_uses bigint, p_uses bigint
+) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    refusal := CASE
+    RETURN CASE
         WHEN p_set.status = 'archived' THEN 'set-archived'
         WHEN p_at < p_set.valid_from THEN 'not-yet-valid'
         WHEN p_at >= p_set.valid_until THEN 'expired'
-    END;
-    IF refusal IS NOT NULL THEN
-        RETURN;
-    END IF;
-    IF p_code.id IS NOT NULL THEN
-        refusal := CASE
+        WHEN p_code.id IS NOT NULL THEN CASE
             WHEN p_code.status = 'void' THEN 'voided'
-            WHEN EXISTS (
-                SELECT 1 FROM redemptions r
-                WHERE r.code_id = p_code.id AND r.status IN ('redeemed', 'held')
-                  AND (r.status = 'redeemed' OR r.hold_expires_at > now()))
-                THEN 'already-redeemed'
+            WHEN p_code_used THEN 'already-redeemed'
             WHEN p_set.bind_to_recipient AND p_code.recipient_id IS NOT NULL
                  AND p_recipient_id IS DISTINCT FROM p_code.recipient_id
                 THEN 'recipient-mismatch'
-        END;
-        RETURN;
-    END IF;
-    IF p_set.bind_to_recipient AND NOT EXISTS (
-        SELECT 1 FROM shared_assignments a
-        WHERE a.set_id = p_set.id AND a.recipient_id = p_recipient_id)
-    THEN
-        refusal := 'not-given';
-        RETURN;
-    END IF;
-    IF p_set.per_recipient_limit IS NOT NULL THEN
-        IF p_recipient_id IS NULL THEN
-            refusal := 'recipient-required';
-            RETURN;
-        END IF;
-        SELECT count(*) INTO v_recipient_uses FROM redemptions r
-        WHERE r.set_id = p_set.id AND r.recipient_id = p_recipient_id
-          AND r.status IN ('redeemed', 'held')
-          AND (r.status = 'redeemed' OR r.hold_expires_at > now());
-        IF v_recipient_uses >= p_set.per_recipient_limit THEN
-            refusal := 'per-recipient-limit';
-            used := v_recipient_uses;
-            RETURN;
-        END IF;
-    END IF;
-    IF p_uses >= p_set.max_uses THEN
-        refusal := 'max-uses';
-        used := p_uses;
-    END IF;
+            END
+        WHEN p_set.bind_to_recipient AND NOT p_assigned THEN 'not-given'
+        WHEN p_set.per_recipient_limit IS NOT NULL AND p_recipient_id IS NULL
+            THEN 'recipient-required'
+        WHEN p_recipient_uses >= p_set.per_recipient_limit THEN 'per-recipient-limit'
+        WHEN p_uses >= p_set.max_uses THEN 'max-uses'
+    END;
 END $$;
 """,
     "lock_set_usage": """
@@ -188,13 +199,15 @@ END $$;
 -- p_lock_wait_ms if given, so that a lock held long elsewhere (an import's) cannot
 -- hold up every request queued behind the batch. Every other target is locked with
 -- SKIP LOCKED, never waited for. The requests of a target not locked come back
--- 'busy', and the caller sends them again one by one, each waiting for its own lock. Requests are
--- then applied in order under those locks, each seeing the ones before it, so limits
--- are exact: a unique code's active use is found through ix_redemptions_active_code,
--- a recipient's uses of a shared set through ix_redemptions_active_set (bounded by
--- the per-recipient limit), and the set's uses are the locked counter, never a count
--- of past uses. The counter is written once per set at the end, its limit checked in
--- the UPDATE's WHERE. Each redemption writes its audit row in the same transaction.
+-- 'busy', and the caller sends them again one by one, each waiting for its own lock.
+--
+-- Under those locks the requests are decided in order, each counting what the ones
+-- before it took, so limits are exact: redemption_facts() reads a unique code's use
+-- and a recipient's uses through indexes, and a shared set's uses are its locked
+-- counter, never a count of past uses. Then the batch is written set-based, one
+-- statement per table: the redemptions, the codes, their audit rows, and each shared
+-- set's counter once, its limit checked in the UPDATE's WHERE. Set-based, because per
+-- row each statement's start-up cost more than its work.
 CREATE OR REPLACE FUNCTION redeem_codes(
     p_exact text[], p_loose text[], p_set_refs text[], p_recipient_ids text[],
     p_order_ids text[], p_amounts numeric[], p_redeemed_at timestamptz[],
@@ -208,12 +221,11 @@ CREATE OR REPLACE FUNCTION redeem_codes(
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    n integer := cardinality(p_exact);
-    v_sets coupon_sets[] := '{}';
-    v_codes codes[] := '{}';
-    v_set_ids uuid[] := '{}';
-    v_code_ids bigint[] := '{}';
-    v_found record;
+    v record;
+    i integer;
+    m integer := 0;
+    v_set_ids uuid[];
+    v_code_ids bigint[];
     v_first_set uuid;
     v_first_code bigint;
     v_lock_timeout text := current_setting('lock_timeout');
@@ -224,28 +236,32 @@ DECLARE
     v_taken bigint[];
     v_sid uuid;
     v_uses bigint;
-    v_set coupon_sets;
-    v_code codes;
     v_count integer;
+    v_busy boolean;
     k integer;
+    -- What the batch took so far: codes, and (set, recipient) uses of shared sets.
+    v_taken_codes bigint[] := '{}';
+    v_taken_by_sets uuid[] := '{}';
+    v_taken_by text[] := '{}';
+    -- The batch's writes, one element per redemption.
+    w_ids uuid[] := '{}';
+    w_sets uuid[] := '{}';
+    w_code_ids bigint[] := '{}';
+    w_codes text[] := '{}';
+    w_status text[] := '{}';
+    w_recipients text[] := '{}';
+    w_orders text[] := '{}';
+    w_amounts numeric[] := '{}';
+    w_moments timestamptz[] := '{}';
+    w_expiries timestamptz[] := '{}';
+    w_api_keys uuid[] := '{}';
+    w_idempotency_keys text[] := '{}';
 BEGIN
-    -- 1. Each request's set (and code): unknown and ambiguous codes are answered now.
-    FOR i IN 1 .. n LOOP
-        SELECT * INTO v_found FROM find_redeemable(p_exact[i], p_loose[i], p_set_refs[i]);
-        IF v_found.found = 1 THEN
-            v_sets[i] := v_found.s;
-            v_codes[i] := v_found.c;
-            v_set_ids[i] := (v_found.s).id;
-            v_code_ids[i] := (v_found.c).id;
-        ELSE
-            v_set_ids[i] := NULL;
-            ord := i;
-            refusal := CASE v_found.found WHEN 0 THEN 'unknown-code' ELSE 'ambiguous-code' END;
-            sets := CASE WHEN v_found.found > 1 THEN v_found.sets END;
-            RETURN NEXT;
-            sets := NULL;
-        END IF;
-    END LOOP;
+    -- 1. Each request's target: its code (unique), or its set (shared).
+    SELECT array_agg(CASE WHEN f.found = 1 THEN (f.s).id END ORDER BY f.i),
+           array_agg(CASE WHEN f.found = 1 THEN (f.c).id END ORDER BY f.i)
+    INTO v_set_ids, v_code_ids
+    FROM find_redeemable(p_exact, p_loose, p_set_refs) AS f;
     -- 2. The locks: the commonest target waited for, the others taken if free.
     SELECT t.sid, t.cid INTO v_first_set, v_first_code
     FROM unnest(v_set_ids, v_code_ids) AS t(sid, cid)
@@ -287,76 +303,101 @@ BEGIN
     END LOOP;
     v_taken := array_fill(0::bigint, ARRAY[cardinality(v_usage_sets)]);
     v_usage_max := array_fill(NULL::integer, ARRAY[cardinality(v_usage_sets)]);
-    -- 3. The requests in order, each under its target's lock.
-    FOR i IN 1 .. n LOOP
-        CONTINUE WHEN v_set_ids[i] IS NULL;
+    -- 3. The requests in order, each counting what the ones before it took, with
+    --    everything the rules read as it is under the locks (redemption_facts(): the
+    --    codes as the last writer left them, their uses, the recipients').
+    FOR v IN
+        SELECT * FROM redemption_facts(p_exact, p_loose, p_set_refs, p_recipient_ids) AS f
+        ORDER BY f.i
+    LOOP
+        i := v.i;
         ord := i;
-        v_set := v_sets[i];
-        set_id := v_set.id;
-        set_key := v_set.key;
-        set_status := v_set.status;
-        valid_from := v_set.valid_from;
-        valid_until := v_set.valid_until;
+        set_id := (v.s).id;
+        set_key := (v.s).key;
+        set_status := (v.s).status;
+        valid_from := (v.s).valid_from;
+        valid_until := (v.s).valid_until;
         moment := coalesce(p_redeemed_at[i], now());
+        code := coalesce((v.c).code, (v.s).shared_code);
+        sets := CASE WHEN v.found > 1 THEN v.sets END;
+        used := NULL;
         id := NULL;
         status := NULL;
         recipient_id := NULL;
         redeemed_at := NULL;
         hold_expires_at := NULL;
-        v_code := NULL;
-        k := NULL;
-        code := coalesce((v_codes[i]).code, v_set.shared_code);
-        IF v_code_ids[i] IS NOT NULL AND v_code_ids[i] = ANY (v_locked) THEN
-            -- Read again under the lock: the row as the last writer left it.
-            SELECT * INTO v_code FROM codes c WHERE c.id = v_code_ids[i];
-            IF NOT FOUND THEN  -- deleted (with its set) since step 1
-                set_id := NULL;
-                refusal := 'unknown-code';
-                RETURN NEXT;
-                CONTINUE;
-            END IF;
-        ELSIF v_code_ids[i] IS NULL THEN
-            k := array_position(v_usage_sets, v_set.id);
-        END IF;
-        IF v_code.id IS NULL AND k IS NULL THEN
+        k := array_position(v_usage_sets, (v.s).id);
+        -- Its target is not locked: another transaction holds it.
+        v_busy := CASE WHEN (v.c).id IS NULL THEN k IS NULL ELSE (v.c).id <> ALL (v_locked) END;
+        IF v.found <> 1 THEN
+            set_id := NULL;
+            refusal := CASE v.found WHEN 0 THEN 'unknown-code' ELSE 'ambiguous-code' END;
+        ELSIF v_busy THEN
             refusal := 'busy';
-            used := NULL;
-            RETURN NEXT;
-            CONTINUE;
+        ELSIF (v.c).id IS NOT NULL THEN
+            refusal := redemption_refusal(
+                v.s, v.c, moment, p_recipient_ids[i],
+                v.code_used OR (v.c).id = ANY (v_taken_codes), NULL, NULL, NULL);
+        ELSE
+            IF v.recipient_uses IS NOT NULL THEN
+                used := v.recipient_uses + (
+                    SELECT count(*) FROM unnest(v_taken_by_sets, v_taken_by) AS t(sid, rid)
+                    WHERE t.sid = (v.s).id AND t.rid = p_recipient_ids[i]);
+            END IF;
+            refusal := redemption_refusal(
+                v.s, NULL, moment, p_recipient_ids[i], NULL, v.assigned, used,
+                v_usage_uses[k]);
+            used := CASE refusal
+                WHEN 'per-recipient-limit' THEN used WHEN 'max-uses' THEN v_usage_uses[k]
+            END;
         END IF;
-        SELECT * INTO refusal, used
-        FROM redemption_refusal(v_set, v_code, moment, p_recipient_ids[i], v_usage_uses[k]);
-        IF refusal IS NOT NULL THEN
-            RETURN NEXT;
-            CONTINUE;
+        IF refusal IS NULL THEN
+            id := gen_random_uuid();
+            status := CASE WHEN p_hold_seconds[i] IS NULL THEN 'redeemed' ELSE 'held' END;
+            recipient_id := coalesce(p_recipient_ids[i], (v.c).recipient_id);
+            redeemed_at := moment;
+            hold_expires_at := now() + make_interval(secs => p_hold_seconds[i]);
+            m := m + 1;  -- appended by index: the arrays grow in place
+            w_ids[m] := id;
+            w_sets[m] := (v.s).id;
+            w_code_ids[m] := (v.c).id;
+            w_codes[m] := code;
+            w_status[m] := status;
+            w_recipients[m] := recipient_id;
+            w_orders[m] := p_order_ids[i];
+            w_amounts[m] := p_amounts[i];
+            w_moments[m] := moment;
+            w_expiries[m] := hold_expires_at;
+            w_api_keys[m] := p_api_key_ids[i];
+            w_idempotency_keys[m] := p_idempotency_keys[i];
+            IF (v.c).id IS NOT NULL THEN
+                v_taken_codes := v_taken_codes || (v.c).id;
+            ELSE
+                v_usage_uses[k] := v_usage_uses[k] + 1;
+                v_taken[k] := v_taken[k] + 1;
+                v_usage_max[k] := (v.s).max_uses;
+                v_taken_by_sets := v_taken_by_sets || (v.s).id;
+                v_taken_by := v_taken_by || p_recipient_ids[i];
+            END IF;
         END IF;
-        IF k IS NOT NULL THEN
-            v_usage_max[k] := v_set.max_uses;
-        END IF;
-        INSERT INTO redemptions AS r (
-            id, set_id, code_id, code, status, recipient_id, order_id, amount, redeemed_at,
-            hold_expires_at)
-        VALUES (
-            gen_random_uuid(), v_set.id, v_code.id, code,
-            CASE WHEN p_hold_seconds[i] IS NULL THEN 'redeemed' ELSE 'held' END,
-            coalesce(p_recipient_ids[i], v_code.recipient_id), p_order_ids[i], p_amounts[i],
-            moment, now() + make_interval(secs => p_hold_seconds[i]))
-        RETURNING r.id, r.status, r.recipient_id, r.redeemed_at, r.hold_expires_at
-        INTO id, status, recipient_id, redeemed_at, hold_expires_at;
-        IF v_code.id IS NOT NULL AND p_hold_seconds[i] IS NULL THEN
-            UPDATE codes c SET status = 'redeemed', redeemed_at = moment WHERE c.id = v_code.id;
-        ELSIF v_code.id IS NULL THEN
-            v_usage_uses[k] := v_usage_uses[k] + 1;
-            v_taken[k] := v_taken[k] + 1;
-        END IF;
-        INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id,
-                                  idempotency_key, details)
-        VALUES (v_set.id, CASE WHEN p_hold_seconds[i] IS NULL THEN 'redeem' ELSE 'hold' END,
-                code, recipient_id, p_api_key_ids[i], p_idempotency_keys[i],
-                jsonb_build_object('redemption_id', id::text, 'order_id', p_order_ids[i]));
         RETURN NEXT;
     END LOOP;
-    -- 4. Each shared set's counter, once: what this batch took, within the limit.
+    -- 4. The writes, one statement per table.
+    INSERT INTO redemptions (id, set_id, code_id, code, status, recipient_id, order_id,
+                             amount, redeemed_at, hold_expires_at)
+    SELECT * FROM unnest(w_ids, w_sets, w_code_ids, w_codes, w_status, w_recipients,
+                         w_orders, w_amounts, w_moments, w_expiries);
+    UPDATE codes c SET status = 'redeemed', redeemed_at = t.moment
+    FROM unnest(w_code_ids, w_status, w_moments) AS t(cid, status, moment)
+    WHERE c.id = t.cid AND t.status = 'redeemed';
+    INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id,
+                              idempotency_key, details)
+    SELECT t.sid, CASE t.status WHEN 'held' THEN 'hold' ELSE 'redeem' END, t.code, t.rid,
+           t.kid, t.ikey, jsonb_build_object('redemption_id', t.id::text, 'order_id', t.oid)
+    FROM unnest(w_ids, w_sets, w_codes, w_status, w_recipients, w_api_keys,
+                w_idempotency_keys, w_orders)
+        WITH ORDINALITY AS t(id, sid, code, status, rid, kid, ikey, oid, n)
+    ORDER BY t.n;
     UPDATE set_usage u SET uses = u.uses + t.taken
     FROM unnest(v_usage_sets, v_taken, v_usage_max) AS t(sid, taken, max_uses)
     WHERE u.set_id = t.sid AND t.taken > 0
@@ -369,13 +410,11 @@ END $$;
 """,
     "validate_codes": """
 -- What redeem_codes() would answer for each request now, changing nothing: STABLE, so
--- PostgreSQL refuses any write or row lock in it, and it waits for no one. The
--- counts come from the statement's snapshot through the same indexes the redemption
--- uses: a unique code's active use (ix_redemptions_active_code), a recipient's uses
--- (ix_redemptions_active_set), and a shared set's uses from its counter, less the
--- holds that have expired but are not given back yet (ix_redemptions_shared_holds:
--- only those that expired since the set's last write). `remaining` is the uses left
--- of a shared set with max_uses.
+-- PostgreSQL refuses any write or row lock in it, and it waits for no one. Everything
+-- comes from one snapshot, through the indexes the redemption uses too
+-- (redemption_facts()); a shared set's uses are its counter less the holds that
+-- expired but are not given back yet. `remaining` is the uses left of a shared set
+-- with max_uses.
 CREATE OR REPLACE FUNCTION validate_codes(
     p_exact text[], p_loose text[], p_set_refs text[], p_recipient_ids text[],
     p_redeemed_at timestamptz[]
@@ -386,36 +425,28 @@ CREATE OR REPLACE FUNCTION validate_codes(
 ) LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 DECLARE
-    v_found record;
-    v_uses bigint;
+    v record;
 BEGIN
-    FOR i IN 1 .. cardinality(p_exact) LOOP
-        ord := i;
-        SELECT * INTO v_found FROM find_redeemable(p_exact[i], p_loose[i], p_set_refs[i]);
-        set_id := (v_found.s).id;
-        set_key := (v_found.s).key;
-        set_status := (v_found.s).status;
-        valid_from := (v_found.s).valid_from;
-        valid_until := (v_found.s).valid_until;
-        moment := coalesce(p_redeemed_at[i], now());
-        code := coalesce((v_found.c).code, (v_found.s).shared_code);
-        sets := CASE WHEN v_found.found > 1 THEN v_found.sets END;
-        v_uses := NULL;
-        IF v_found.found <> 1 THEN
-            refusal := CASE v_found.found WHEN 0 THEN 'unknown-code' ELSE 'ambiguous-code' END;
-            used := NULL;
-        ELSE
-            IF (v_found.c).id IS NULL THEN
-                v_uses := coalesce(
-                    (SELECT u.uses FROM set_usage u WHERE u.set_id = (v_found.s).id), 0)
-                    - (SELECT count(*) FROM redemptions r
-                       WHERE r.set_id = (v_found.s).id AND r.code_id IS NULL
-                         AND r.status = 'held' AND r.hold_expires_at <= now());
-            END IF;
-            SELECT * INTO refusal, used
-            FROM redemption_refusal(v_found.s, v_found.c, moment, p_recipient_ids[i], v_uses);
-        END IF;
-        remaining := CASE WHEN refusal IS NULL THEN (v_found.s).max_uses - v_uses END;
+    FOR v IN
+        SELECT * FROM redemption_facts(p_exact, p_loose, p_set_refs, p_recipient_ids) AS f
+        ORDER BY f.i
+    LOOP
+        ord := v.i;
+        set_id := (v.s).id;
+        set_key := (v.s).key;
+        set_status := (v.s).status;
+        valid_from := (v.s).valid_from;
+        valid_until := (v.s).valid_until;
+        moment := coalesce(p_redeemed_at[v.i], now());
+        code := coalesce((v.c).code, (v.s).shared_code);
+        sets := CASE WHEN v.found > 1 THEN v.sets END;
+        refusal := CASE v.found WHEN 0 THEN 'unknown-code' WHEN 1 THEN redemption_refusal(
+            v.s, v.c, moment, p_recipient_ids[v.i], v.code_used, v.assigned,
+            v.recipient_uses, v.uses) ELSE 'ambiguous-code' END;
+        used := CASE refusal
+            WHEN 'per-recipient-limit' THEN v.recipient_uses WHEN 'max-uses' THEN v.uses
+        END;
+        remaining := CASE WHEN refusal IS NULL THEN (v.s).max_uses - v.uses END;
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -510,8 +541,9 @@ SIGNATURES = (
     "redeem_codes(text[], text[], text[], text[], text[], numeric[], timestamptz[], integer[], "
     "uuid[], text[], integer)",
     "lock_set_usage(uuid, boolean)",
-    "redemption_refusal(coupon_sets, codes, timestamptz, text, bigint)",
-    "find_redeemable(text, text, text)",
+    "redemption_refusal(coupon_sets, codes, timestamptz, text, boolean, boolean, bigint, bigint)",
+    "redemption_facts(text[], text[], text[], text[])",
+    "find_redeemable(text[], text[], text[])",
 )
 
 

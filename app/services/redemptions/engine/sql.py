@@ -7,6 +7,7 @@ under concurrency."""
 # the migrated database runs what the files say).
 FUNCTIONS = (
     "find_redeemable",
+    "redemption_facts",
     "redemption_refusal",
     "lock_set_usage",
     "redeem_codes",
