@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-delivery bench-export bench-bulk clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ migrate: $(STAMP)  ## apply the migrations to DATABASE_URL (or the embedded serv
 
 bench-assign: $(STAMP)  ## B1/B2: assignment vs pgbench and a naive endpoint (needs wrk)
 	$(BIN)/python -m bench.assign
+
+bench-redeem: $(STAMP)  ## B7: redeem and validate vs pgbench, and a shared code with 1,000,000 uses (needs wrk)
+	$(BIN)/python -m bench.redeem
 
 bench-delivery: $(STAMP)  ## B3: confirm a 1,000,000-target delivery vs the set-based SQL anchor
 	$(BIN)/python -m bench.delivery

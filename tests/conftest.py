@@ -76,10 +76,19 @@ def settings(database_url: str) -> Settings:
     return Settings(environment="test", database_url=database_url, admin_api_key=ADMIN_SECRET)
 
 
+@asynccontextmanager
+async def running(
+    settings: Settings, database_url: str, **changes: object
+) -> AsyncIterator[FastAPI]:
+    """The app through its lifespan, with ``changes`` to its settings."""
+    application = create_app(settings.model_copy(update=changes), database_url=database_url)
+    async with LifespanManager(application):
+        yield application
+
+
 @pytest.fixture(scope="session")
 async def app(settings: Settings, database_url: str) -> AsyncIterator[FastAPI]:
-    application = create_app(settings, database_url=database_url)
-    async with LifespanManager(application):
+    async with running(settings, database_url) as application:
         yield application
 
 

@@ -13,6 +13,7 @@ from app.models.idempotency import IdempotencyRecord
 from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
 from app.models.redemption import Redemption
+from app.models.usage import SetUsage
 
 __all__ = [
     "ApiKey",
@@ -27,5 +28,6 @@ __all__ = [
     "ImportReportRow",
     "Pool",
     "Redemption",
+    "SetUsage",
     "SharedAssignment",
 ]

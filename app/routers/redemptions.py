@@ -27,6 +27,7 @@ from app.problems import problem_responses
 from app.ratelimit import RedeemRateLimit
 from app.schemas.redemption import RedemptionPublic, RedemptionRequest, ValidationResult
 from app.services import redemptions
+from app.services.redemptions import Engine, RedemptionEngine
 
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"], route_class=IdempotentRoute)
 
@@ -60,8 +61,9 @@ async def redeem_code(
     body: RedemptionRequest,
     session: Session,
     key: IdempotencyKey,
+    engine: Engine,
 ) -> RedemptionPublic:
-    return await redemptions.redeem(session, data=body, actor=_, idempotency_key=key)
+    return await redemptions.redeem(session, data=body, actor=_, idempotency_key=key, engine=engine)
 
 
 @router.post(
@@ -72,9 +74,9 @@ async def redeem_code(
     responses=problem_responses(TooManyRequests),
 )
 async def validate_code(
-    _: RedeemKey, __: RedeemRateLimit, body: RedemptionRequest, session: Session
+    _: RedeemKey, __: RedeemRateLimit, body: RedemptionRequest, session: Session, engine: Engine
 ) -> ValidationResult:
-    return await redemptions.validate(session, data=body)
+    return await redemptions.validate(session, data=body, engine=engine)
 
 
 @router.get(
@@ -82,10 +84,8 @@ async def validate_code(
     summary="Get a redemption",
     responses=problem_responses(NotFound),
 )
-async def get_redemption(
-    _: ReadKey, redemption_id: uuid.UUID, session: Session
-) -> RedemptionPublic:
-    return await redemptions.get_redemption(session, redemption_id)
+async def get_redemption(_: ReadKey, redemption_id: uuid.UUID, engine: Engine) -> RedemptionPublic:
+    return await redemptions.get_redemption(engine, redemption_id)
 
 
 async def _settle(
@@ -93,10 +93,16 @@ async def _settle(
     redemption_id: uuid.UUID,
     session: Session,
     key: IdempotencyKey,
+    engine: RedemptionEngine,
     action: AuditAction,
 ) -> RedemptionPublic:
     return await redemptions.settle(
-        session, redemption_id=redemption_id, action=action, actor=caller, idempotency_key=key
+        session,
+        redemption_id=redemption_id,
+        action=action,
+        actor=caller,
+        idempotency_key=key,
+        engine=engine,
     )
 
 
@@ -108,9 +114,13 @@ async def _settle(
     responses=problem_responses(NotFound, InvalidRedemptionState),
 )
 async def rollback_redemption(
-    _: RedeemKey, redemption_id: uuid.UUID, session: Session, key: IdempotencyKey
+    _: RedeemKey,
+    redemption_id: uuid.UUID,
+    session: Session,
+    key: IdempotencyKey,
+    engine: Engine,
 ) -> RedemptionPublic:
-    return await _settle(_, redemption_id, session, key, AuditAction.rollback)
+    return await _settle(_, redemption_id, session, key, engine, AuditAction.rollback)
 
 
 @router.post(
@@ -119,9 +129,13 @@ async def rollback_redemption(
     responses=problem_responses(NotFound, InvalidRedemptionState, HoldExpired),
 )
 async def confirm_redemption(
-    _: RedeemKey, redemption_id: uuid.UUID, session: Session, key: IdempotencyKey
+    _: RedeemKey,
+    redemption_id: uuid.UUID,
+    session: Session,
+    key: IdempotencyKey,
+    engine: Engine,
 ) -> RedemptionPublic:
-    return await _settle(_, redemption_id, session, key, AuditAction.confirm)
+    return await _settle(_, redemption_id, session, key, engine, AuditAction.confirm)
 
 
 @router.post(
@@ -131,6 +145,10 @@ async def confirm_redemption(
     responses=problem_responses(NotFound, InvalidRedemptionState),
 )
 async def release_redemption(
-    _: RedeemKey, redemption_id: uuid.UUID, session: Session, key: IdempotencyKey
+    _: RedeemKey,
+    redemption_id: uuid.UUID,
+    session: Session,
+    key: IdempotencyKey,
+    engine: Engine,
 ) -> RedemptionPublic:
-    return await _settle(_, redemption_id, session, key, AuditAction.release)
+    return await _settle(_, redemption_id, session, key, engine, AuditAction.release)

@@ -76,15 +76,22 @@ def serve(
                 process.kill()
 
 
-@pytest.fixture(scope="session")
-def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("live") / "server.log"
+@contextmanager
+def live_instance(database_url: str, log: Path) -> Iterator[str]:
+    """An instance for the concurrency tests (no rate limit in the way); its log must
+    show no traceback when it stops."""
     with serve(database_url, log, redeem_rate_limit="100000/second", db_pool_timeout="30") as (
         url,
         _,
     ):
         yield url
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with live_instance(database_url, tmp_path_factory.mktemp("live") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture

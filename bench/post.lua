@@ -1,11 +1,16 @@
--- wrk script for bench/assign.py: one POST per request, each for a distinct recipient.
+-- wrk script for the benchmarks (bench/assign.py, bench/redeem.py): one JSON POST per
+-- request, its body made from a template.
 --
---   wrk ... -s bench/assign.lua <url> -- <path> <run tag> [limit per thread]
+--   wrk ... -s bench/post.lua <url> -- <path> <body template> <threads> [limit per thread]
+--
+-- In the template, {thread} is the wrk thread's number (1, 2, ...; handed out in
+-- setup()), {n} the request's number within its thread (1, 2, ...) and {seq} a number
+-- no other request of the run has: ({n} - 1) * <threads> + {thread}. So
+-- '{"recipient_id":"<run tag>-{thread}-{n}"}' gives every request its own recipient,
+-- and '{"code":"U{seq}"}' walks the codes U1, U2, ... once each, across threads.
 --
 -- The bearer token comes from the BENCH_TOKEN environment variable (never on the
--- command line). Recipient ids are "<run tag>-<thread>-<counter>": the tag is random
--- per run and the thread number is handed out in setup(), so ids never repeat, across
--- threads or runs. With a limit, each thread stops after that many responses and
+-- command line). With a limit, each thread stops after that many responses and
 -- creates the file named by BENCH_DONE_FILE, if set: wrk itself only ends at its
 -- duration, so the drain test watches for that file and then interrupts it.
 --
@@ -23,8 +28,9 @@ end
 
 function init(args)
   path = args[1]
-  tag = args[2]
-  limit = tonumber(args[3] or "0")
+  template = args[2]
+  threads_in_all = tonumber(args[3])
+  limit = tonumber(args[4] or "0")
   headers = { ["Content-Type"] = "application/json" }
   local token = os.getenv("BENCH_TOKEN")
   if token and token ~= "" then
@@ -38,8 +44,9 @@ end
 
 function request()
   sent = sent + 1
-  local body = string.format(
-    '{"recipient_id":"%s-%d-%d","channel":"email"}', tag, thread_no, sent)
+  local seq = (sent - 1) * threads_in_all + thread_no
+  local body = template:gsub("{thread}", tostring(thread_no))
+  body = body:gsub("{n}", tostring(sent)):gsub("{seq}", tostring(seq))
   return wrk.format("POST", path, headers, body)
 end
 
