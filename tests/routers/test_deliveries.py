@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import add_codes, assign, create_set, problem_type
+from tests.helpers import add_codes, assign, create_set, problem_type, redeem
 
 TEMPLATE = (
     "Hello {{ recipient.first_name | default('there') }},\n"
@@ -254,6 +254,35 @@ async def test_shared_set_delivery_gives_everyone_the_shared_code(
     assert sorted(a["recipient_id"] for a in listed) == ["r0", "r1", "r2"]
     rows = (await client.get(f"/v1/deliveries/{delivery['id']}/messages?format=jsonl")).text
     assert {json.loads(line)["body"] for line in rows.splitlines()} == {"WELCOME15"}
+
+
+async def test_a_shared_code_used_up_is_a_shortfall_and_refuses_the_confirm(
+    client: httpx.AsyncClient,
+) -> None:
+    await create_set(
+        client, key="few", kind="shared", shared_code="FEW5", max_uses=3, per_recipient_limit=1
+    )
+    for shopper in ("r0", "x1"):  # r0 is a target: its one use is gone
+        assert (await redeem(client, "FEW5", recipient_id=shopper)).status_code == 201
+    delivery = await create_delivery(client, coupon_set_id="few", template="{{ coupon.code }}")
+    await add_targets(client, delivery["id"], targets(2))  # r0, r1
+    analysis = (await client.post(f"/v1/deliveries/{delivery['id']}/analyze")).json()
+    assert analysis["enough"] is False
+    assert (analysis["codes_needed"], analysis["codes_available"]) == (2, 1)
+    assert analysis["shortfall"] == 2  # one use missing, and r0 can use it no more
+    assert any("per_recipient_limit" in line for line in analysis["log"])
+    refused = await confirm(client, delivery["id"])
+    assert refused.status_code == 409
+    assert problem_type(refused) == "insufficient-codes"
+    assert (await client.get("/v1/coupon-sets/few/assignments")).json()["items"] == []
+
+    # One target, who has not used it, fits the one use left.
+    await client.patch(f"/v1/deliveries/{delivery['id']}", json={"message_limit": 0})
+    ok = await create_delivery(client, coupon_set_id="few", template="{{ coupon.code }}")
+    await add_targets(client, ok["id"], targets(1, start=1))  # r1
+    analysis = (await client.post(f"/v1/deliveries/{ok['id']}/analyze")).json()
+    assert (analysis["enough"], analysis["shortfall"]) == (True, 0)
+    assert (await confirm(client, ok["id"])).json()["status"] == "finished"
 
 
 @pytest.mark.usefixtures("spring")

@@ -58,9 +58,23 @@ async def report(
         else f"No message limit: {plan.messages} messages.",
     ]
     per_pool: list[PoolAvailability] = []
-    available = needed = 0
+    available = needed = used_up = 0
     if delivery.pool_id is None:
         log.append(f"The set '{coupon_set.key}' is shared: every message gets its one code.")
+        available, needed, used_up = await _shared_uses(connection, delivery, coupon_set, plan)
+        if coupon_set.max_uses is None:
+            log.append("It has no max_uses: every message can be used.")
+        else:
+            log.append(
+                f"{coupon_set.max_uses - available} of its {coupon_set.max_uses} uses are "
+                f"taken: {available} left for {needed} messages."
+            )
+        if used_up:
+            log.append(
+                f"{used_up} targets used the code {coupon_set.per_recipient_limit} times "
+                "already (its per_recipient_limit): their messages would bring a code they "
+                "cannot use."
+            )
     else:
         rows = await connection.fetch(sql.FREE_PER_POOL, coupon_set.id)
         per_pool = [PoolAvailability(pool=r["name"], available=r["available"]) for r in rows]
@@ -72,8 +86,13 @@ async def report(
             f"keep it; {needed} codes are needed."
         )
         log.append(f"{available} free codes in the pool '{own['name']}'.")
-    shortfall = max(0, needed - available)
-    if shortfall:
+    shortfall = max(0, needed - available) + used_up
+    if shortfall and delivery.pool_id is None:
+        log.append(
+            f"Not enough uses: {shortfall} missing. Raise max_uses, leave out the targets "
+            "who used the code up, or set a lower message_limit."
+        )
+    elif shortfall:
         log.append(
             f"Not enough codes: {shortfall} missing. Add codes to the pool, or set a "
             f"message_limit of at most {plan.holding + available}."
@@ -93,6 +112,32 @@ async def report(
         log=log,
         analyzed_at=datetime.now(UTC),
     )
+
+
+async def _shared_uses(
+    connection: asyncpg.Connection, delivery: Delivery, coupon_set: CouponSet, plan: Plan
+) -> tuple[int, int, int]:
+    """For a shared set: the uses left, the uses the messages need (one each, holders of
+    the code included: it is used when redeemed, not when given), and the targets whose
+    per_recipient_limit is used up."""
+    needed = plan.messages
+    if coupon_set.max_uses is None:
+        available = needed
+    else:
+        taken = int(await connection.fetchval(sql.SHARED_USES, coupon_set.id))
+        available = max(0, coupon_set.max_uses - taken)
+    used_up = 0
+    if coupon_set.per_recipient_limit is not None and plan.messages:
+        used_up = int(
+            await connection.fetchval(
+                sql.USED_UP_TARGETS,
+                delivery.id,
+                plan.last_seq,
+                coupon_set.id,
+                coupon_set.per_recipient_limit,
+            )
+        )
+    return available, needed, used_up
 
 
 async def analyze(session: AsyncSession, *, delivery_id: str) -> Delivery:

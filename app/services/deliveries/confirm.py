@@ -254,10 +254,11 @@ async def _check_and_start(
     planned = await plan(connection, delivery)
     result = await report(connection, delivery, coupon_set, planned)
     if not result.enough:
+        what = "uses left" if delivery.pool_id is None else "free codes"
         raise InsufficientCodes(
-            f"The pool has {result.codes_available} free codes and the delivery needs "
-            f"{result.codes_needed}: {result.shortfall} missing. Add codes or set a "
-            "message_limit, then analyse again.",
+            f"The set has {result.codes_available} {what} and the delivery needs "
+            f"{result.codes_needed}: {result.shortfall} missing. See its analysis, then "
+            "analyse again.",
             shortfall=result.shortfall,
             codes_needed=result.codes_needed,
             codes_available=result.codes_available,

@@ -86,6 +86,28 @@ FREE_PER_POOL = """
     ORDER BY p.name
 """.format(free_c=free("c"))  # noqa: S608 - built from constants only
 
+# The uses a shared set has taken: its counter (app/models/usage.py), less the holds
+# that expired and are not given back yet (as a validation reads it; index
+# ix_redemptions_shared_holds). O(1) in the code's past uses.
+SHARED_USES = """
+    SELECT coalesce((SELECT uses FROM set_usage WHERE set_id = $1), 0)
+         - (SELECT count(*) FROM redemptions
+            WHERE set_id = $1 AND status = 'held' AND code_id IS NULL
+              AND hold_expires_at <= now())
+"""
+
+# Targets (up to seq $2) who used a shared code as often as its per_recipient_limit
+# ($4) allows: a message would bring them a code they cannot use. One probe of
+# ix_redemptions_active_set (set, recipient) per target.
+USED_UP_TARGETS = """
+    SELECT count(*) FROM delivery_recipients dr
+    WHERE dr.delivery_id = $1 AND dr.seq <= $2
+      AND (SELECT count(*) FROM redemptions r
+           WHERE r.set_id = $3 AND r.recipient_id = dr.recipient_id
+             AND (r.status = 'redeemed'
+                  OR (r.status = 'held' AND r.hold_expires_at > now()))) >= $4
+"""
+
 # ---------------------------------------------------------------------------- confirm
 
 # The deliveries a process left ``sending``; each is checked against its advisory lock.
