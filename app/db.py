@@ -1,7 +1,7 @@
 """The database engine and the request's session: one transaction per request."""
 
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -64,16 +64,43 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(_request_session, scope="function")]
 
 
+class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no types
+    """An asyncpg pool whose every ``acquire`` gives up after ``acquire_timeout`` seconds
+    unless the caller says otherwise: with all connections busy, a request gets a
+    ``503`` with ``Retry-After`` (``TimeoutError``, app/problems.py) instead of waiting
+    for ever, on every path that uses the pool, as the session's pool does."""
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
 async def create_driver_pool(settings: Settings, url: str) -> asyncpg.Pool:
     """Plain asyncpg connections in autocommit, for hot paths that are one statement (its
-    own transaction) and cannot afford the ORM session. Connects lazily."""
+    own transaction) and cannot afford the ORM session. Connects lazily; acquiring a
+    connection waits ``COUPONS_DB_POOL_TIMEOUT`` at most."""
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    return await asyncpg.create_pool(
+    pool = BoundedPool(
         dsn,
+        acquire_timeout=settings.db_pool_timeout,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         min_size=0,
         max_size=settings.db_pool_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        connect=None,
+        setup=None,
+        init=None,
+        reset=None,
+        loop=None,
         server_settings={"application_name": "coupon-service"},
     )
+    await pool
+    return pool
 
 
 async def session_driver(session: AsyncSession) -> asyncpg.Connection:

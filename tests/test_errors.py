@@ -17,7 +17,7 @@ from app.openapi import render_problems
 from app.services import coupon_sets
 from app.settings import Settings
 from tests.conftest import ADMIN_SECRET, make_client
-from tests.helpers import problem_type
+from tests.helpers import add_codes, create_set, problem_type
 
 
 async def test_unknown_route_is_a_not_found_problem(client: httpx.AsyncClient) -> None:
@@ -167,6 +167,38 @@ async def test_a_saturated_connection_pool_is_a_503_then_recovers(database_url: 
     assert busy.headers["retry-after"] == "1"
     assert waited < 5, "refused within the pool timeout, not hung"
     assert recovered.status_code == 200
+
+
+async def test_a_saturated_plain_pool_is_a_503_on_the_hot_paths_too(database_url: str) -> None:
+    settings = Settings(
+        environment="test", db_pool_size=1, db_pool_timeout=0.5, admin_api_key=ADMIN_SECRET
+    )
+    app = create_app(settings, database_url=database_url)
+    async with LifespanManager(app), make_client(app) as http:
+        key = f"busy-{uuid.uuid4().hex[:8]}"
+        await create_set(http, key=key)
+        await add_codes(http, key, [key])
+        # The plain asyncpg pool's only connection is taken, as by a slow export.
+        held = await app.state.driver_pool.acquire()
+        try:
+            started = time.monotonic()
+            answers = [
+                await http.post(f"/v1/coupon-sets/{key}/assignments", json={"recipient_id": "r"}),
+                await http.post("/v1/redemptions", json={"code": key}),
+                await http.post("/v1/redemptions/validate", json={"code": key}),
+            ]
+            waited = time.monotonic() - started
+        finally:
+            await app.state.driver_pool.release(held)
+        recovered = await http.post(
+            f"/v1/coupon-sets/{key}/assignments", json={"recipient_id": "r"}
+        )
+    for busy in answers:
+        assert busy.status_code == 503, busy.text
+        assert problem_type(busy) == "service-unavailable"
+        assert busy.headers["retry-after"] == "1"
+    assert waited < 10, "each refused within the pool timeout, not hung"
+    assert recovered.status_code == 201
 
 
 @pytest.mark.parametrize(
