@@ -40,6 +40,7 @@ from app.schemas.delivery import (
     TargetsAdd,
     TargetsAdded,
 )
+from app.schemas.mappers import delivery_public
 from app.services import deliveries
 from app.services.deliveries import ConfirmationsDep
 from app.settings import SettingsDep
@@ -63,7 +64,7 @@ async def create_delivery(
 ) -> DeliveryPublic:
     delivery, set_key, pool = await deliveries.create_delivery(session, data=body, actor=caller)
     response.headers["Location"] = f"{router.prefix}/{delivery.id}"
-    return deliveries.public(delivery, set_key=set_key, pool=pool)
+    return delivery_public(delivery, set_key=set_key, pool=pool)
 
 
 @router.get(
@@ -84,7 +85,7 @@ async def list_deliveries(
     )
     shown = rows[: page.limit]
     return DeliveryPage(
-        items=[deliveries.public(d, set_key=key, pool=pool) for d, key, pool in shown],
+        items=[delivery_public(d, set_key=key, pool=pool) for d, key, pool in shown],
         next_cursor=encode_cursor(shown[-1][0]) if len(rows) > page.limit else None,
     )
 

@@ -1,18 +1,27 @@
 """From a table row to what the API shows: every mapping in one place, so a Public schema
 and the columns it is read from are compared here and nowhere else."""
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
 from app.models.api_key import ApiKey
 from app.models.audit import AuditEvent
 from app.models.code import Code
 from app.models.coupon_set import CouponSet
+from app.models.delivery import Delivery, DeliveryStatus
 from app.models.import_job import ImportJob
 from app.models.pool import Pool
+from app.models.redemption import RedemptionStatus
 from app.schemas.api_key import ApiKeyCreated, ApiKeyPublic
+from app.schemas.assignment import AssignmentPublic
 from app.schemas.audit import AuditEventPublic
 from app.schemas.code import CodePublic
 from app.schemas.coupon_set import CouponSetPublic
+from app.schemas.delivery import Analysis, DeliveryPublic, TargetPublic
 from app.schemas.import_job import ImportJobPublic
 from app.schemas.pool import PoolPublic, PoolStock
+from app.schemas.redemption import RedemptionPublic
 
 
 def api_key_public(key: ApiKey) -> ApiKeyPublic:
@@ -48,3 +57,81 @@ def import_job_public(job: ImportJob) -> ImportJobPublic:
 def pool_public(pool: Pool, stock: PoolStock) -> PoolPublic:
     columns = {f: getattr(pool, f) for f in ("id", "set_id", "name", "created_at", "updated_at")}
     return PoolPublic.model_validate({**columns, "stock": stock})
+
+
+def assignment_public(
+    coupon_set: CouponSet, row: Any, *, code: str, pool: str | None, recipient_id: str
+) -> AssignmentPublic:
+    """``row``: a code row, a shared assignment or a claim's result row."""
+    return AssignmentPublic(
+        code=code,
+        set_id=coupon_set.id,
+        set_key=coupon_set.key,
+        pool=pool,
+        recipient_id=recipient_id,
+        address=row.address,
+        channel=row.channel,
+        delivery_id=row.delivery_id,
+        additional=row.additional,
+        assigned_at=row.assigned_at,
+    )
+
+
+def delivery_public(delivery: Delivery, *, set_key: str, pool: str | None) -> DeliveryPublic:
+    messages = None
+    if delivery.status in (DeliveryStatus.sending, DeliveryStatus.finished):
+        messages = delivery.analysis.get("messages") if delivery.analysis else None
+    return DeliveryPublic(
+        id=delivery.id,
+        label=delivery.label,
+        coupon_set_id=delivery.coupon_set_id,
+        coupon_set_key=set_key,
+        pool=pool,
+        channel=delivery.channel,  # type: ignore[arg-type]
+        subject=delivery.subject,
+        template=delivery.template,
+        content_type=delivery.content_type,  # type: ignore[arg-type]
+        status=delivery.status,  # type: ignore[arg-type]
+        message_limit=delivery.message_limit,
+        metadata=delivery.metadata_,
+        recipients=delivery.recipient_count,
+        messages=messages,
+        processed=delivery.processed,
+        assigned=delivery.assigned,
+        kept=delivery.kept,
+        failed_messages=delivery.failed_messages,
+        failure_reason=delivery.failure_reason,
+        analysis=Analysis.model_validate(delivery.analysis) if delivery.analysis else None,
+        confirmed_at=delivery.confirmed_at,
+        finished_at=delivery.finished_at,
+        created_at=delivery.created_at,
+        updated_at=delivery.updated_at,
+    )
+
+
+def _status(stored: str, hold_expires_at: datetime | None) -> RedemptionStatus:
+    status = RedemptionStatus(stored)
+    if (
+        status is RedemptionStatus.held
+        and hold_expires_at is not None
+        and hold_expires_at <= datetime.now(UTC)
+    ):
+        return RedemptionStatus.expired
+    return status
+
+
+def redemption_public(row: Mapping[str, Any]) -> RedemptionPublic:
+    """A redemption as the API shows it, from its stored columns and its set's key."""
+    status = _status(row["status"], row["hold_expires_at"])
+    return RedemptionPublic.model_validate({**row, "status": status})
+
+
+def target_public(row: Any) -> TargetPublic:
+    """A target of a delivery's list (a row of its TARGETS_* statement), with its code."""
+    return TargetPublic(
+        recipient_id=row.recipient_id,
+        address=row.address,
+        fields=row.fields,
+        code=row.code,
+        failed_at=row.failed_at,
+    )

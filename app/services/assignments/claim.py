@@ -22,8 +22,9 @@ from app.models.api_key import ApiKey
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.pool import DEFAULT_POOL
 from app.schemas.assignment import AssignmentCreate, AssignmentPublic
+from app.schemas.mappers import assignment_public
 from app.services.assignments import sql
-from app.services.assignments.rules import ensure_usable, public
+from app.services.assignments.rules import ensure_usable
 from app.services.coupon_sets import parse_id
 
 
@@ -310,7 +311,7 @@ class Claimer:
         if row is None:
             return Miss.empty
         claimed = SimpleNamespace(**row)
-        assignment = public(
+        assignment = assignment_public(
             found.coupon_set,
             claimed,
             code=claimed.code,

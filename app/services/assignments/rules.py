@@ -3,11 +3,9 @@ assignment is shown to the caller. Other services refuse the same sets with
 ``ensure_usable`` (deliveries, redemptions)."""
 
 from datetime import UTC, datetime
-from typing import Any
 
 from app.errors import Expired, NotYetValid, SetArchived
 from app.models.coupon_set import CouponSet, SetStatus
-from app.schemas.assignment import AssignmentPublic
 
 
 def ensure_usable(coupon_set: CouponSet, *, at: datetime | None = None) -> None:
@@ -25,21 +23,3 @@ def ensure_usable(coupon_set: CouponSet, *, at: datetime | None = None) -> None:
             f"The set '{coupon_set.key}' was valid until {coupon_set.valid_until.isoformat()}.",
             valid_until=coupon_set.valid_until.isoformat(),
         )
-
-
-def public(
-    coupon_set: CouponSet, row: Any, *, code: str, pool: str | None, recipient_id: str
-) -> AssignmentPublic:
-    """``row``: a code row, a shared assignment or a claim's result row."""
-    return AssignmentPublic(
-        code=code,
-        set_id=coupon_set.id,
-        set_key=coupon_set.key,
-        pool=pool,
-        recipient_id=recipient_id,
-        address=row.address,
-        channel=row.channel,
-        delivery_id=row.delivery_id,
-        additional=row.additional,
-        assigned_at=row.assigned_at,
-    )

@@ -24,11 +24,12 @@ from app.models.coupon_set import CouponSet, SetKind
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, decode_id_cursor
 from app.schemas.assignment import AssignmentCreate, AssignmentPublic
+from app.schemas.mappers import assignment_public
 from app.schemas.pool import PoolStock
 from app.services import audit, pools
 from app.services.assignments import sql
 from app.services.assignments.claim import Assigned, Claimer, Miss, Outcome, ScanHint
-from app.services.assignments.rules import ensure_usable, public
+from app.services.assignments.rules import ensure_usable
 from app.services.codes import pool_stock
 from app.services.coupon_sets import matches_ref, set_not_found
 
@@ -78,7 +79,7 @@ async def assign(
         }
         row = await _claim_in_savepoint(session, claimer.hint, params)
     if row is not None:
-        assignment = public(
+        assignment = assignment_public(
             coupon_set, row, code=row.code, pool=pool.name, recipient_id=data.recipient_id
         )
         return Assigned(assignment, bool(row.created))
@@ -200,7 +201,7 @@ async def _assign_shared(
             idempotency_key=idempotency_key,
             details={"delivery_id": data.delivery_id},
         )
-    assignment = public(
+    assignment = assignment_public(
         coupon_set, row, code=coupon_set.shared_code, pool=None, recipient_id=row.recipient_id
     )
     return Assigned(assignment, inserted is not None)
@@ -232,7 +233,8 @@ async def list_assignments(
         )
         code = coupon_set.shared_code or ""
         return [
-            public(coupon_set, r, code=code, pool=None, recipient_id=r.recipient_id) for r in shared
+            assignment_public(coupon_set, r, code=code, pool=None, recipient_id=r.recipient_id)
+            for r in shared
         ], [r.id for r in shared]
     codes = (
         select(Code, Pool.name)
@@ -248,6 +250,8 @@ async def list_assignments(
         codes = codes.where(Code.pool_id == found.id)
     rows = (await session.execute(codes.order_by(Code.id).limit(params.limit + 1))).all()
     return [
-        public(coupon_set, row, code=row.code, pool=name, recipient_id=row.recipient_id or "")
+        assignment_public(
+            coupon_set, row, code=row.code, pool=name, recipient_id=row.recipient_id or ""
+        )
         for row, name in rows
     ], [row.id for row, _ in rows]

@@ -17,7 +17,6 @@ from app.services.deliveries.drafts import (
     create_delivery,
     get_delivery,
     list_deliveries,
-    public,
     public_of,
     update_delivery,
 )
@@ -47,7 +46,6 @@ __all__ = [
     "list_targets",
     "messages_source",
     "preview",
-    "public",
     "public_of",
     "record_failures",
     "update_delivery",

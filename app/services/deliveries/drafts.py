@@ -14,7 +14,8 @@ from app.models.coupon_set import CouponSet, SetKind
 from app.models.delivery import Delivery, DeliveryStatus
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, paginate
-from app.schemas.delivery import Analysis, DeliveryCreate, DeliveryPublic, DeliveryUpdate
+from app.schemas.delivery import DeliveryCreate, DeliveryPublic, DeliveryUpdate
+from app.schemas.mappers import delivery_public
 from app.services import coupon_sets, pools
 from app.services.coupon_sets import parse_id
 from app.services.deliveries.templates import Compiled
@@ -55,41 +56,9 @@ async def _names(session: AsyncSession, delivery: Delivery) -> tuple[str, str | 
     return set_key or "", pool
 
 
-def public(delivery: Delivery, *, set_key: str, pool: str | None) -> DeliveryPublic:
-    messages = None
-    if delivery.status in (DeliveryStatus.sending, DeliveryStatus.finished):
-        messages = delivery.analysis.get("messages") if delivery.analysis else None
-    return DeliveryPublic(
-        id=delivery.id,
-        label=delivery.label,
-        coupon_set_id=delivery.coupon_set_id,
-        coupon_set_key=set_key,
-        pool=pool,
-        channel=delivery.channel,  # type: ignore[arg-type]
-        subject=delivery.subject,
-        template=delivery.template,
-        content_type=delivery.content_type,  # type: ignore[arg-type]
-        status=delivery.status,  # type: ignore[arg-type]
-        message_limit=delivery.message_limit,
-        metadata=delivery.metadata_,
-        recipients=delivery.recipient_count,
-        messages=messages,
-        processed=delivery.processed,
-        assigned=delivery.assigned,
-        kept=delivery.kept,
-        failed_messages=delivery.failed_messages,
-        failure_reason=delivery.failure_reason,
-        analysis=Analysis.model_validate(delivery.analysis) if delivery.analysis else None,
-        confirmed_at=delivery.confirmed_at,
-        finished_at=delivery.finished_at,
-        created_at=delivery.created_at,
-        updated_at=delivery.updated_at,
-    )
-
-
 async def public_of(session: AsyncSession, delivery: Delivery) -> DeliveryPublic:
     set_key, pool = await _names(session, delivery)
-    return public(delivery, set_key=set_key, pool=pool)
+    return delivery_public(delivery, set_key=set_key, pool=pool)
 
 
 async def list_deliveries(

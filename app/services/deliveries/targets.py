@@ -18,6 +18,7 @@ from app.models.coupon_set import CouponSet
 from app.models.delivery import Delivery, DeliveryStatus
 from app.pagination import PageParams, decode_id_cursor
 from app.schemas.delivery import RejectedRow, TargetIn, TargetPublic, TargetsAdded
+from app.schemas.mappers import target_public
 from app.services.deliveries import sql
 from app.services.deliveries.drafts import ensure_editable, load
 from app.services.imports import MAX_RECORD_CHARS, CsvReader, Row
@@ -231,14 +232,5 @@ async def list_targets(
         rows = (
             await session.execute(sql.TARGETS_UNIQUE, {**values, "pool_id": delivery.pool_id})
         ).all()
-    items = [
-        TargetPublic(
-            recipient_id=r.recipient_id,
-            address=r.address,
-            fields=r.fields,
-            code=r.code,
-            failed_at=r.failed_at,
-        )
-        for r in rows
-    ]
+    items = [target_public(r) for r in rows]
     return items, [r.seq for r in rows]

@@ -6,7 +6,6 @@ functions in app/sql/) on the plain asyncpg pool or the request's connection."""
 from app.services.redemptions.engine import Engine, RedemptionEngine
 from app.services.redemptions.service import (
     get_redemption,
-    public,
     redeem,
     settle,
     validate,
@@ -16,7 +15,6 @@ __all__ = [
     "Engine",
     "RedemptionEngine",
     "get_redemption",
-    "public",
     "redeem",
     "settle",
     "validate",

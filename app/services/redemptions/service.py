@@ -13,7 +13,6 @@ stored response must commit with the effect."""
 
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +36,7 @@ from app.models.audit import AuditAction
 from app.models.code import normalise
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.redemption import RedemptionStatus
+from app.schemas.mappers import redemption_public
 from app.schemas.redemption import RedemptionPublic, RedemptionRequest, ValidationResult
 from app.services.assignments import ensure_usable
 from app.services.redemptions.engine import (
@@ -142,23 +142,6 @@ def _refusal(row: Mapping[str, Any]) -> AppError | None:
     raise AssertionError(f"unknown refusal {row['refusal']!r}")
 
 
-def _status(stored: str, hold_expires_at: datetime | None) -> RedemptionStatus:
-    status = RedemptionStatus(stored)
-    if (
-        status is RedemptionStatus.held
-        and hold_expires_at is not None
-        and hold_expires_at <= datetime.now(UTC)
-    ):
-        return RedemptionStatus.expired
-    return status
-
-
-def public(row: Mapping[str, Any]) -> RedemptionPublic:
-    """A redemption as the API shows it, from its stored columns and its set's key."""
-    status = _status(row["status"], row["hold_expires_at"])
-    return RedemptionPublic.model_validate({**row, "status": status})
-
-
 def validation(row: Mapping[str, Any], data: RedemptionRequest) -> ValidationResult:
     """The answer to a validation, from the engine's row (an ambiguous code is refused)."""
     refusal = _refusal(row)
@@ -181,7 +164,7 @@ def redemption(row: Mapping[str, Any], data: RedemptionRequest) -> RedemptionPub
     if refusal is not None:
         raise refusal
     # What was sent is echoed as sent (an amount's scale, a time's offset), as always.
-    return public(
+    return redemption_public(
         {
             **row,
             "order_id": data.order_id,
@@ -225,7 +208,7 @@ async def get_redemption(engine: RedemptionEngine, redemption_id: uuid.UUID) -> 
     row = await engine.get(redemption_id)
     if row is None:
         raise NotFound(f"No redemption has the id {redemption_id}.")
-    return public(row)
+    return redemption_public(row)
 
 
 def _settle_refusal(row: Mapping[str, Any], action: AuditAction, redemption_id: uuid.UUID) -> None:
@@ -265,4 +248,4 @@ async def settle(
     else:
         row = await settle_on(await session_driver(session), *args)
     _settle_refusal(row, action, redemption_id)
-    return public(row)
+    return redemption_public(row)
