@@ -3,7 +3,7 @@
 import enum
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import CheckConstraint, Index, func, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -25,6 +25,19 @@ class SetStatus(enum.StrEnum):
 class MatchMode(enum.StrEnum):
     normalized = "normalized"
     exact = "exact"
+
+
+class SetFacts(NamedTuple):
+    """What the hot paths read of a set (its id and key, and whether it may be used
+    now: ``ensure_usable``), as a plain tuple: building a table object costs ~0.5 ms
+    (SQLModel's constructor), most of a claim's CPU. ``CouponSet`` has the same fields."""
+
+    id: uuid.UUID
+    key: str
+    kind: str
+    status: str
+    valid_from: datetime | None
+    valid_until: datetime | None
 
 
 class CouponSet(Entity, Base, table=True):

@@ -8,7 +8,7 @@ from typing import Any
 from app.models.api_key import ApiKey
 from app.models.audit import AuditEvent
 from app.models.code import Code
-from app.models.coupon_set import CouponSet
+from app.models.coupon_set import CouponSet, SetFacts
 from app.models.delivery import Delivery, DeliveryStatus
 from app.models.import_job import ImportJob
 from app.models.pool import Pool
@@ -60,7 +60,7 @@ def pool_public(pool: Pool, stock: PoolStock) -> PoolPublic:
 
 
 def assignment_public(
-    coupon_set: CouponSet, row: Any, *, code: str, pool: str | None, recipient_id: str
+    coupon_set: CouponSet | SetFacts, row: Any, *, code: str, pool: str | None, recipient_id: str
 ) -> AssignmentPublic:
     """``row``: a code row, a shared assignment or a claim's result row."""
     return AssignmentPublic(

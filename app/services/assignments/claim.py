@@ -19,7 +19,7 @@ from fastapi import Depends, Request
 
 from app.errors import AppError
 from app.models.api_key import ApiKey
-from app.models.coupon_set import CouponSet, SetKind
+from app.models.coupon_set import SetFacts, SetKind
 from app.models.pool import DEFAULT_POOL
 from app.schemas.assignment import AssignmentCreate, AssignmentPublic
 from app.schemas.mappers import assignment_public
@@ -72,7 +72,7 @@ Outcome = Assigned | Miss
 class _Target(NamedTuple):
     """The set and pool a claim is for, built once per lookup (shared by a batch)."""
 
-    coupon_set: CouponSet
+    coupon_set: SetFacts
     pool_id: uuid.UUID
     pool_name: str
 
@@ -102,7 +102,7 @@ async def _lookup(connection: asyncpg.Connection, set_ref: str, pool_name: str) 
     )
     if found is None or found["kind"] != SetKind.unique or found["pool_id"] is None:
         return None
-    coupon_set = CouponSet(**{name: found[name] for name in sql.SET_COLUMNS})
+    coupon_set = SetFacts(*(found[name] for name in sql.SET_COLUMNS))
     return _Target(coupon_set, found["pool_id"], found["pool_name"])
 
 

@@ -5,10 +5,10 @@ assignment is shown to the caller. Other services refuse the same sets with
 from datetime import UTC, datetime
 
 from app.errors import Expired, NotYetValid, SetArchived
-from app.models.coupon_set import CouponSet, SetStatus
+from app.models.coupon_set import CouponSet, SetFacts, SetStatus
 
 
-def ensure_usable(coupon_set: CouponSet, *, at: datetime | None = None) -> None:
+def ensure_usable(coupon_set: CouponSet | SetFacts, *, at: datetime | None = None) -> None:
     """Refuse an archived set, or a moment outside its validity window."""
     moment = at or datetime.now(UTC)
     if coupon_set.status == SetStatus.archived:

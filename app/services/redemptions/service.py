@@ -34,7 +34,7 @@ from app.errors import (
 from app.models.api_key import ApiKey
 from app.models.audit import AuditAction
 from app.models.code import normalise
-from app.models.coupon_set import CouponSet, SetKind
+from app.models.coupon_set import SetFacts
 from app.models.redemption import RedemptionStatus
 from app.schemas.mappers import redemption_public
 from app.schemas.redemption import RedemptionPublic, RedemptionRequest, ValidationResult
@@ -82,9 +82,10 @@ def to_check(data: RedemptionRequest) -> Check:
 def _usable_refusal(row: Mapping[str, Any]) -> AppError:
     """The set's own refusal (archived, before or after its window), worded as for an
     assignment."""
-    coupon_set = CouponSet(
+    coupon_set = SetFacts(
+        id=row["set_id"],
         key=row["set_key"],
-        kind=SetKind.unique.value,  # not read by ensure_usable
+        kind="",  # not read by ensure_usable
         status=row["set_status"],
         valid_from=row["valid_from"],
         valid_until=row["valid_until"],
