@@ -1,4 +1,5 @@
-"""Servers the suite starts for itself from the machine's packages: Redis, PgBouncer.
+"""Servers the suite starts for itself from the machine's packages (today Redis only;
+a server added here goes into the package list of ``.ci/run`` in the same commit).
 
 A test that needs one calls ``require(program, package)``: where the program is not
 installed, ``make test`` skips the test and says so in its summary (``-ra``); under
