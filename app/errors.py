@@ -161,6 +161,10 @@ class ValidationFailed(AppError):
     slug, title, status = "validation-error", "The request is not valid", 422
 
 
+class InvalidTimeline(AppError):
+    slug, title, status = "invalid-timeline", "The timeline cannot be cut as asked", 422
+
+
 class CodeSpaceTooSmall(AppError):
     slug, title, status = "code-space-too-small", "The pattern cannot make that many codes", 422
 

@@ -13,6 +13,7 @@ hashes it, so Python and SQL agree on the key.
 | import-job | session | the connection running an import job | job id |
 | confirm | session | the connection running a delivery's confirm | delivery id |
 | bootstrap | transaction | the first start, creating the admin key | - |
+| stats | transaction | the statistics' folder, or a recount | - |
 
 The claim functions (``app/sql/claim_code.sql``, ``claim_codes.sql``) lock
 ``hashtextextended(pool_id || '/' || recipient_id, 0)``: they predate the namespaces
@@ -29,6 +30,7 @@ class Namespace(enum.StrEnum):
     IMPORT_JOB = "import-job"
     CONFIRM = "confirm"
     BOOTSTRAP = "bootstrap"
+    STATS = "stats"
 
 
 def name(namespace: Namespace, *parts: object) -> str:

@@ -33,6 +33,7 @@ from app.routers import (
     imports,
     pools,
     redemptions,
+    stats,
 )
 from app.services import api_keys as api_key_service
 from app.services.api_keys import KeyCache
@@ -42,6 +43,8 @@ from app.services.deliveries import Confirmations
 from app.services.imports import ImportRunner
 from app.services.redemptions import RedemptionEngine
 from app.services.redemptions import fast_path as redemption_path
+from app.services.stats import StatsFolder
+from app.services.stats.gauges import PoolGauges
 from app.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -133,6 +136,16 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.import_runner = ImportRunner(app.state.driver_pool, app.state.sessionmaker)
         await app.state.import_runner.recover()
         purge = asyncio.create_task(idempotency.purge_periodically(app.state.driver_pool))
+        app.state.stats_folder = StatsFolder(
+            app.state.driver_pool,
+            app.state.metrics_registry,
+            interval=settings.stats_fold_seconds,
+            recount_every=settings.stats_recount_seconds,
+        )
+        app.state.stats_folder.start()
+        app.state.pool_gauges = PoolGauges(
+            app.state.driver_pool, app.state.metrics_registry, max_pools=settings.metrics_max_pools
+        )
         # What start-up built (modules, the app, its pools: some 140,000 objects) lives
         # as long as the process. Out of the collector's sight, a full collection no
         # longer walks it: each took ~100 ms with the event loop stopped, which was most
@@ -143,6 +156,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         gc.unfreeze()
         purge.cancel()
         await asyncio.gather(purge, return_exceptions=True)
+        await app.state.stats_folder.stop()
         await app.state.confirmations.stop()
         # Imports merging in the background finish before their connections close.
         await app.state.import_runner.stop()
@@ -179,6 +193,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         audit.router,
         exports.router,
         imports.router,
+        stats.router,
     )
     for router in routers:
         app.include_router(router)

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     assign_fast_path: bool = True
     # So are plain redemptions and validations.
     redeem_fast_path: bool = True
+    # Statistics: how often each process folds the counters' deltas (0: never; reads
+    # stay exact, only slower as deltas pile up), how often it recounts them from the
+    # rows (0: only when asked), and how many pools /metrics exports (0: none).
+    stats_fold_seconds: float = Field(default=1.0, ge=0, le=3600)
+    stats_recount_seconds: float = Field(default=86_400.0, ge=0)
+    metrics_max_pools: int = Field(default=1000, ge=0, le=100_000)
     redeem_rate_limit: str = Field(
         default="100/second",
         description=(

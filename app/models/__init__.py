@@ -13,9 +13,11 @@ from app.models.idempotency import IdempotencyRecord
 from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
 from app.models.redemption import Redemption
+from app.models.stats import ActivityBucket, DeliveryStock, PoolStock, StatsDelta
 from app.models.usage import SetUsage
 
 __all__ = [
+    "ActivityBucket",
     "ApiKey",
     "AuditEvent",
     "Base",
@@ -23,11 +25,14 @@ __all__ = [
     "CouponSet",
     "Delivery",
     "DeliveryRecipient",
+    "DeliveryStock",
     "IdempotencyRecord",
     "ImportJob",
     "ImportReportRow",
     "Pool",
+    "PoolStock",
     "Redemption",
     "SetUsage",
     "SharedAssignment",
+    "StatsDelta",
 ]

@@ -77,6 +77,8 @@ class Delivery(Entity, Base, table=True):
     api_key_id: Col[uuid.UUID | None] = Field(default=None)
     confirmed_at: Col[datetime | None] = Field(default=None)
     finished_at: Col[datetime | None] = Field(default=None)
+    # The first complete read of its messages: they were handed to the sending system.
+    sent_at: Col[datetime | None] = Field(default=None)
 
 
 class DeliveryRecipient(Base, table=True):

@@ -11,6 +11,7 @@ from app.errors import ServiceUnavailable
 from app.metrics import Registry
 from app.migrations import head_revisions
 from app.problems import problem_responses
+from app.services.stats.gauges import PoolGaugesDep
 
 router = APIRouter(tags=["operations"])
 
@@ -52,12 +53,13 @@ async def readyz(engine: Engine) -> Health:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics: request counts and latencies per route",
+    summary="Prometheus metrics: request counts and latencies per route, codes per pool",
     response_class=Response,
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
         **problem_responses(),
     },
 )
-async def metrics(_: ReadKey, registry: Registry) -> Response:
+async def metrics(_: ReadKey, registry: Registry, gauges: PoolGaugesDep) -> Response:
+    await gauges.refresh()
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -18,6 +18,7 @@ from pydantic import (
 from app.models.coupon_set import MatchMode, SetKind, SetStatus
 from app.schemas.common import Description, Label, Metadata, WriteModel
 from app.schemas.page import Page
+from app.schemas.stats import SetGlance
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,63}$"
 _UUID_SHAPE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
@@ -146,5 +147,11 @@ class CouponSetPublic(BaseModel):
     updated_at: datetime
 
 
-class CouponSetPage(Page[CouponSetPublic]):
+class CouponSetListed(CouponSetPublic):
+    """A set in the list, with its counts at a glance."""
+
+    stats: SetGlance
+
+
+class CouponSetPage(Page[CouponSetListed]):
     pass

@@ -17,11 +17,12 @@ from app.schemas.api_key import ApiKeyCreated, ApiKeyPublic
 from app.schemas.assignment import AssignmentPublic
 from app.schemas.audit import AuditEventPublic
 from app.schemas.code import CodePublic
-from app.schemas.coupon_set import CouponSetPublic
+from app.schemas.coupon_set import CouponSetListed, CouponSetPublic
 from app.schemas.delivery import Analysis, DeliveryPublic, TargetPublic
 from app.schemas.import_job import ImportJobPublic
 from app.schemas.pool import PoolPublic, PoolStock
 from app.schemas.redemption import RedemptionPublic
+from app.schemas.stats import SetGlance
 
 
 def api_key_public(key: ApiKey) -> ApiKeyPublic:
@@ -48,6 +49,12 @@ def code_public(code: Code, pool: str) -> CodePublic:
 def coupon_set_public(coupon_set: CouponSet) -> CouponSetPublic:
     # The schema reads ``metadata`` from the column attribute ``metadata_``.
     return CouponSetPublic.model_validate(coupon_set)
+
+
+def coupon_set_listed(coupon_set: CouponSet, glance: SetGlance) -> CouponSetListed:
+    fields = coupon_set_public(coupon_set).model_dump()
+    fields["metadata_"] = fields.pop("metadata")
+    return CouponSetListed.model_validate({**fields, "stats": glance})
 
 
 def import_job_public(job: ImportJob) -> ImportJobPublic:

@@ -26,6 +26,7 @@ from app.models.redemption import Redemption, RedemptionStatus
 from app.pagination import PageParams, decode_id_cursor
 from app.schemas.code import CodesAdd, CodesAdded, CodesGenerate, CodesGenerated, RejectedCode
 from app.services import audit, pools
+from app.services.stats.service import pool_counts
 
 _BATCH = 10_000
 _CHARSETS = {
@@ -381,14 +382,15 @@ async def pool_stock(
     session: AsyncSession, *, set_id: uuid.UUID, pool_id: uuid.UUID | None = None
 ) -> dict[uuid.UUID, dict[str, int]]:
     """Codes per pool and status: {pool_id: {"available": n, ..., "total": n}}, for every
-    pool of the set or only ``pool_id``."""
-    stmt = select(Code.pool_id, Code.status, func.count()).where(Code.set_id == set_id)
-    if pool_id is not None:
-        stmt = stmt.where(Code.pool_id == pool_id)
-    rows = await session.execute(stmt.group_by(Code.pool_id, Code.status))
-    stock: dict[uuid.UUID, dict[str, int]] = {}
-    for pool_id, status, count in rows.all():
-        counts = stock.setdefault(pool_id, {s.value: 0 for s in CodeStatus} | {"total": 0})
-        counts[status] = count
-        counts["total"] += count
-    return stock
+    pool of the set or only ``pool_id``, from the statistics' counters (exact, and
+    without counting the codes: app/services/stats)."""
+    return {
+        row.pool_id: {
+            "available": row.available,
+            "assigned": row.assigned,
+            "redeemed": row.redeemed,
+            "void": row.void,
+            "total": row.total,
+        }
+        for row in await pool_counts(session, set_id=set_id, pool_id=pool_id)
+    }

@@ -1,5 +1,6 @@
 """The rendered messages: one target's preview, and the export of a finished delivery
-for the sending system (CSV or JSON lines).
+for the sending system (CSV or JSON lines), whose first complete read marks the delivery
+sent (``sent_at``; the statistics count its codes as sent).
 
 The preview and the checks before an export run in the request's session. The export
 itself reads the plain asyncpg pool in pages of short autocommit statements
@@ -194,3 +195,6 @@ async def export_messages(
             buffer.seek(0)
             buffer.truncate()
     yield buffer.getvalue()
+    # Reached only once the server has sent the last piece (a client that goes away
+    # closes the generator at a yield): the messages were read completely.
+    await pool.execute(sql.MARK_SENT, source.delivery.id)

@@ -356,3 +356,7 @@ MESSAGES_UNIQUE = _MESSAGES.format(
     "AND NOT c.additional",
 )
 MESSAGES_SHARED = _MESSAGES.format(code="$5::text AS code", join="")
+
+# The first complete read of a delivery's messages marks it sent: its codes count as
+# `sent` in the statistics from then on. Later reads change nothing.
+MARK_SENT = "UPDATE deliveries SET sent_at = now() WHERE id = $1 AND sent_at IS NULL"
