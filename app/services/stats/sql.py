@@ -149,7 +149,7 @@ WITH truth AS (
     ORDER BY set_id, delivery_id, pool_id
     ON CONFLICT (set_id, delivery_id, pool_id) DO UPDATE SET codes = excluded.codes
 )
-SELECT coalesce(sum(abs(drift)), 0) FROM compared
+SELECT coalesce(sum(abs(drift)), 0)::bigint FROM compared
 """
 
 # ----------------------------------------------------------------------------- reads
@@ -188,9 +188,10 @@ WITH folded AS (
     GROUP BY c.pool_id
 )
 SELECT p.id AS pool_id, p.name, p.created_at,
-       coalesce(s.available, 0) AS available, coalesce(s.assigned, 0) AS assigned,
-       coalesce(s.redeemed, 0) AS redeemed, coalesce(s.void, 0) AS void,
-       coalesce(t.codes, 0) AS sent, coalesce(h.codes, 0) AS held
+       coalesce(s.available, 0)::bigint AS available,
+       coalesce(s.assigned, 0)::bigint AS assigned, coalesce(s.redeemed, 0)::bigint AS redeemed,
+       coalesce(s.void, 0)::bigint AS void, coalesce(t.codes, 0)::bigint AS sent,
+       coalesce(h.codes, 0)::bigint AS held
 FROM pools p
 LEFT JOIN stock s ON s.pool_id = p.id
 LEFT JOIN sent t ON t.pool_id = p.id
@@ -205,7 +206,7 @@ ORDER BY p.created_at, p.id
 # ix_redemptions_shared_holds holds only the set's holds not given back, a handful.
 SHARED_COUNTS = """
 SELECT
-    (SELECT coalesce(sum(assigned), 0) FROM (
+    (SELECT coalesce(sum(assigned), 0)::bigint FROM (
         SELECT assigned FROM pool_stock WHERE set_id = $1
         UNION ALL
         SELECT assigned FROM stats_deltas WHERE set_id = $1
@@ -246,9 +247,9 @@ WITH sets AS (
         JOIN sent_ids USING (set_id, delivery_id)
     ) AS s GROUP BY set_id
 )
-SELECT sets.set_id, coalesce(s.available, 0) AS available,
-       coalesce(s.assigned, 0) AS assigned, coalesce(s.redeemed, 0) AS redeemed,
-       coalesce(s.void, 0) AS void, coalesce(t.codes, 0) AS sent,
+SELECT sets.set_id, coalesce(s.available, 0)::bigint AS available,
+       coalesce(s.assigned, 0)::bigint AS assigned, coalesce(s.redeemed, 0)::bigint AS redeemed,
+       coalesce(s.void, 0)::bigint AS void, coalesce(t.codes, 0)::bigint AS sent,
        coalesce((SELECT u.uses FROM set_usage u WHERE u.set_id = sets.set_id), 0) AS counted,
        (SELECT count(*) FROM redemptions r
         WHERE r.set_id = sets.set_id AND r.status = 'held' AND r.code_id IS NULL) AS holds,
@@ -265,7 +266,7 @@ LEFT JOIN sent t USING (set_id)
 RECENT_ACTIVITY = """
 SELECT pool_id, floor(extract(epoch FROM now() - bucket) / 86400)::int AS age_days,
        bucket >= now() - interval '24 hours' AS last_24h,
-       sum(assigned) AS assigned, sum(redeemed) AS redeemed
+       sum(assigned)::bigint AS assigned, sum(redeemed)::bigint AS redeemed
 FROM (
     SELECT pool_id, bucket, assigned, redeemed FROM activity_buckets
     WHERE set_id = $1 AND bucket >= $2
@@ -334,9 +335,10 @@ WITH listed AS (
     SELECT d.pool_id, d.available, d.assigned, d.redeemed, d.void
     FROM stats_deltas d JOIN listed l ON l.set_id = d.set_id AND l.id = d.pool_id
 )
-SELECT l.set_key, l.name AS pool, coalesce(sum(f.available), 0) AS available,
-       coalesce(sum(f.assigned), 0) AS assigned, coalesce(sum(f.redeemed), 0) AS redeemed,
-       coalesce(sum(f.void), 0) AS void, (SELECT count(*) FROM pools) AS pools
+SELECT l.set_key, l.name AS pool, coalesce(sum(f.available), 0)::bigint AS available,
+       coalesce(sum(f.assigned), 0)::bigint AS assigned,
+       coalesce(sum(f.redeemed), 0)::bigint AS redeemed,
+       coalesce(sum(f.void), 0)::bigint AS void, (SELECT count(*) FROM pools) AS pools
 FROM listed l LEFT JOIN folded f ON f.pool_id = l.id
 GROUP BY l.set_key, l.name ORDER BY l.set_key, l.name
 """
