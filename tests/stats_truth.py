@@ -77,9 +77,7 @@ async def assert_exact(client: httpx.AsyncClient, pool: asyncpg.Pool, set_key: s
     assert glance == {k: expected["codes"][k] for k in glance_keys}
 
 
-async def assert_shared_exact(
-    client: httpx.AsyncClient, pool: asyncpg.Pool, set_key: str
-) -> None:
+async def assert_shared_exact(client: httpx.AsyncClient, pool: asyncpg.Pool, set_key: str) -> None:
     expected = await shared_truth(pool, set_key)
     stats = (await client.get(f"/v1/coupon-sets/{set_key}/stats")).json()
     assert stats["shared"] == expected

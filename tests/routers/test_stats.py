@@ -16,6 +16,7 @@ from tests.conftest import make_client, running
 from tests.helpers import add_codes, assign, create_set, problem_type, redeem
 from tests.stats_truth import assert_exact, assert_shared_exact, truth
 
+
 def _pool(app: FastAPI) -> asyncpg.Pool:
     pool: asyncpg.Pool = app.state.driver_pool
     return pool
@@ -52,7 +53,7 @@ async def test_stats_of_a_unique_set_add_up_and_match_the_rows(
     response = await client.get("/v1/coupon-sets/spring/stats")
     assert response.status_code == 200, response.text
     stats = response.json()
-    assert stats["kind"] == "unique" and stats["shared"] is None
+    assert (stats["kind"], stats["shared"]) == ("unique", None)
     assert stats["codes"] == {
         "total": 15,
         "available": 10,
@@ -121,7 +122,7 @@ async def test_stats_of_a_shared_set(client: httpx.AsyncClient, app: FastAPI) ->
     assert short.status_code == 201
     await asyncio.sleep(1.1)  # that hold expires, not given back yet
     stats = (await client.get("/v1/coupon-sets/welcome/stats")).json()
-    assert stats["codes"] is None and stats["pools"] == []
+    assert (stats["codes"], stats["pools"]) == (None, [])
     assert stats["shared"] == {"uses": 2, "remaining_uses": 8, "recipients": 3, "held": 1}
     assert stats["activity"]["assigned_last_24h"] == 3
     assert stats["activity"]["redeemed_last_24h"] == 1
@@ -169,14 +170,16 @@ async def test_timeline_counts_per_bucket_in_a_time_zone(
         "tz": "Asia/Kolkata",
     }
     hourly = (await client.get("/v1/coupon-sets/spring/stats/timeline", params=params)).json()
-    assert (hourly["metric"], hourly["bucket"], hourly["tz"]) == ("assigned", "hour", "Asia/Kolkata")
+    assert (hourly["metric"], hourly["bucket"], hourly["tz"]) == (
+        "assigned",
+        "hour",
+        "Asia/Kolkata",
+    )
     assert len(hourly["points"]) in (6, 7)
     assert sum(p["count"] for p in hourly["points"]) == 4
     assert all(p["start"].endswith(":00:00+05:30") for p in hourly["points"])
     vip = (
-        await client.get(
-            "/v1/coupon-sets/spring/stats/timeline", params={**params, "pool": "vip"}
-        )
+        await client.get("/v1/coupon-sets/spring/stats/timeline", params={**params, "pool": "vip"})
     ).json()
     assert sum(p["count"] for p in vip["points"]) == 1
 
@@ -293,16 +296,14 @@ async def test_recount_finds_and_repairs_drift(
 
 
 async def test_recount_needs_an_admin_key(client: httpx.AsyncClient) -> None:
-    key = (
-        await client.post("/v1/api-keys", json={"name": "reader", "scopes": ["read"]})
-    ).json()["secret"]
+    key = (await client.post("/v1/api-keys", json={"name": "reader", "scopes": ["read"]})).json()[
+        "secret"
+    ]
     response = await client.post("/v1/stats/recount", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 403
 
 
-async def test_metrics_export_codes_per_pool(
-    client: httpx.AsyncClient, spring: None
-) -> None:
+async def test_metrics_export_codes_per_pool(client: httpx.AsyncClient, spring: None) -> None:
     await assign(client, "spring", "r1")
     metrics = (await client.get("/metrics")).text
     assert 'coupons_pool_codes{pool="default",set_key="spring",status="available"} 9.0' in metrics
@@ -313,13 +314,15 @@ async def test_metrics_export_codes_per_pool(
 async def test_metrics_pool_limit_cuts_and_says_so(
     app: FastAPI, settings: Settings, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running(settings, database_url, metrics_max_pools=1) as limited:
-        async with make_client(limited) as client:
-            await create_set(client, key="spring")
-            await client.post("/v1/coupon-sets/spring/pools", json={"name": "vip"})
-            with caplog.at_level(logging.WARNING):
-                metrics = (await client.get("/metrics")).text
-            await client.get("/metrics")
+    async with (
+        running(settings, database_url, metrics_max_pools=1) as limited,
+        make_client(limited) as client,
+    ):
+        await create_set(client, key="spring")
+        await client.post("/v1/coupon-sets/spring/pools", json={"name": "vip"})
+        with caplog.at_level(logging.WARNING):
+            metrics = (await client.get("/metrics")).text
+        await client.get("/metrics")
     assert metrics.count("coupons_pool_codes{") == 4
     cuts = [r for r in caplog.records if "exporting 1 of 2 pools" in r.getMessage()]
     assert len(cuts) == 1
