@@ -1,4 +1,5 @@
-"""The ``coupons`` command line tool: import, export, generate and API keys over HTTP.
+"""The ``coupons`` command line tool: import, export, generate, statistics and API keys
+over HTTP.
 
 It talks only to the HTTP API (COUPONS_URL, COUPONS_API_KEY), so it works against any
 deployment. Errors are one line on stderr, from the problem body, and a non-zero exit:
@@ -401,6 +402,89 @@ def generate(
         _fail(failure)
     sample = ", ".join(made.get("sample", [])[:3])
     typer.echo(f"generated {made['generated']:,} codes in pool {made['pool']} (e.g. {sample})")
+
+
+# ------------------------------------------------------------------------------- stats
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(counts: list[int]) -> str:
+    """One block per count, the highest the tallest (all zero: the lowest)."""
+    top = max(counts, default=0)
+    return "".join(SPARKS[0 if top == 0 else round(n / top * (len(SPARKS) - 1))] for n in counts)
+
+
+def _counts_line(counts: dict[str, Any]) -> str:
+    return "  ".join(f"{name} {counts[name]:,}" for name in counts)
+
+
+def _forecast_line(forecast: dict[str, Any]) -> str:
+    line = f"{forecast['assign_rate_per_day']:,.1f}/day"
+    if forecast["days_of_stock_left"] is not None:
+        line += (
+            f", {forecast['days_of_stock_left']:,.1f} days left "
+            f"(exhausted about {forecast['exhausted_at'][:16].replace('T', ' ')} UTC)"
+        )
+    return f"{line}  [{forecast['basis']}]"
+
+
+@app.command("stats")
+def stats(set_key: Annotated[str, typer.Argument(help="The coupon set's key or id.")]) -> None:
+    """A set's counts, forecast and the assignments of the last 14 days as a sparkline."""
+    try:
+        with _client() as client:
+            found = client.json("GET", f"{_set_path(set_key)}/stats")
+            since = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() - 13 * 86400))
+            days = client.json(
+                "GET",
+                f"{_set_path(set_key)}/stats/timeline",
+                params={"metric": "assigned", "bucket": "day", "from": since},
+            )
+    except Failure as failure:
+        _fail(failure)
+    typer.echo(f"{found['set_key']} ({found['kind']}), as of {found['as_of'][:19]}Z")
+    if found["codes"] is not None:
+        typer.echo(f"codes     {_counts_line(found['codes'])}")
+        for pool in found["pools"]:
+            typer.echo(f"  {pool['name']}: {_counts_line(pool['codes'])}")
+            typer.echo(f"    forecast {_forecast_line(pool['forecast'])}")
+    else:
+        typer.echo(f"shared    {_counts_line(found['shared'])}")
+    activity = found["activity"]
+    rate = activity["redemption_rate"]
+    typer.echo(
+        f"activity  assigned {activity['assigned_last_24h']:,} (24 h) "
+        f"{activity['assigned_last_7d']:,} (7 d), redeemed {activity['redeemed_last_24h']:,} "
+        f"(24 h) {activity['redeemed_last_7d']:,} (7 d), redemption rate "
+        + ("-" if rate is None else f"{rate:.1%}")
+    )
+    typer.echo(f"forecast  {_forecast_line(found['forecast'])}")
+    counts = [point["count"] for point in days["points"]]
+    typer.echo(f"assigned  {sparkline(counts)}  last {len(counts)} days, max {max(counts):,}/day")
+
+
+@app.command("recount")
+def recount(
+    set_key: Annotated[
+        str | None, typer.Option("--set", help="Only this set (key or id); all by default.")
+    ] = None,
+) -> None:
+    """Recount the statistics from the rows and repair any drift (needs an admin key)."""
+    try:
+        with _client() as client:
+            params = {"set": set_key} if set_key else {}
+            report = client.json("POST", "/v1/stats/recount", params=params)
+    except Failure as failure:
+        _fail(failure)
+    for drift in report["drift"]:
+        typer.echo(
+            f"{drift['set_key']} {drift['pool'] or '(recipients)'}: "
+            + ", ".join(f"{s} {drift[s]:+,}" for s in ("available", "assigned", "redeemed", "void"))
+        )
+    typer.echo(
+        f"repaired {report['repaired']:,} miscounted codes" if report["repaired"] else "exact"
+    )
 
 
 # ----------------------------------------------------------------------------- api-key

@@ -193,3 +193,32 @@ async def test_import_exit_codes_say_what_happened_to_the_rows(
     misread = coupons("import", str(latin), "--set", "cli-exit", url=live_server)
     assert misread.returncode != 0
     assert "--encoding" in misread.stderr
+
+
+async def test_stats_prints_counts_forecast_and_a_sparkline(
+    live: httpx.AsyncClient, live_server: str
+) -> None:
+    await create_set(live, key="cli-stats")
+    await add_codes(live, "cli-stats", [f"ST-{n}" for n in range(8)])
+    for n in range(3):
+        assert (await live.post("/v1/coupon-sets/cli-stats/assignments", json={"recipient_id": f"r{n}"})).status_code == 201  # fmt: skip
+    done = coupons("stats", "cli-stats", url=live_server)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("cli-stats (unique), as of ")
+    assert "total 8  available 5  assigned 3  redeemed 0  void 0  sent 0  held 0" in lines[1]
+    assert any(line.startswith("forecast  3.0/day, 1.7 days left") for line in lines)
+    sparkline = next(line for line in lines if line.startswith("assigned  "))
+    assert sparkline.split()[1] == "▁" * 13 + "█"
+    assert "last 14 days, max 3/day" in sparkline
+
+    missing = coupons("stats", "nope", url=live_server)
+    assert missing.returncode == 1
+    assert one_error_line(missing).startswith("error: 404 not-found")
+
+
+async def test_recount_reports_exact_counters(live: httpx.AsyncClient, live_server: str) -> None:
+    await create_set(live, key="cli-recount")
+    done = coupons("recount", "--set", "cli-recount", url=live_server)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "exact"
