@@ -74,7 +74,14 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(environment="test", database_url=database_url, admin_api_key=ADMIN_SECRET)
+    # No statistics folder in the in-process app: tests fold when they mean to
+    # (app.state.stats_folder.fold()); the live server folds every second.
+    return Settings(
+        environment="test",
+        database_url=database_url,
+        admin_api_key=ADMIN_SECRET,
+        stats_fold_seconds=0,
+    )
 
 
 @asynccontextmanager

@@ -110,6 +110,9 @@ class DeliveryPublic(BaseModel):
     analysis: Analysis | None
     confirmed_at: datetime | None
     finished_at: datetime | None
+    sent_at: datetime | None = Field(
+        description="The first complete read of its messages: they went to the sending system"
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -111,6 +111,7 @@ def delivery_public(delivery: Delivery, *, set_key: str, pool: str | None) -> De
         analysis=Analysis.model_validate(delivery.analysis) if delivery.analysis else None,
         confirmed_at=delivery.confirmed_at,
         finished_at=delivery.finished_at,
+        sent_at=delivery.sent_at,
         created_at=delivery.created_at,
         updated_at=delivery.updated_at,
     )

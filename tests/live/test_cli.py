@@ -201,7 +201,10 @@ async def test_stats_prints_counts_forecast_and_a_sparkline(
     await create_set(live, key="cli-stats")
     await add_codes(live, "cli-stats", [f"ST-{n}" for n in range(8)])
     for n in range(3):
-        assert (await live.post("/v1/coupon-sets/cli-stats/assignments", json={"recipient_id": f"r{n}"})).status_code == 201  # fmt: skip
+        assigned = await live.post(
+            "/v1/coupon-sets/cli-stats/assignments", json={"recipient_id": f"r{n}"}
+        )
+        assert assigned.status_code == 201
     done = coupons("stats", "cli-stats", url=live_server)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -100,7 +100,12 @@ async def test_a_delivery_counts_as_sent_after_its_messages_are_read_and_failure
     stats = (await client.get("/v1/coupon-sets/spring/stats")).json()
     assert (stats["codes"]["assigned"], stats["codes"]["sent"]) == (4, 0)
 
+    assert (await client.get(f"/v1/deliveries/{delivery['id']}")).json()["sent_at"] is None
     assert (await client.get(f"/v1/deliveries/{delivery['id']}/messages")).status_code == 200
+    sent_at = (await client.get(f"/v1/deliveries/{delivery['id']}")).json()["sent_at"]
+    assert sent_at is not None
+    await client.get(f"/v1/deliveries/{delivery['id']}/messages?format=jsonl")
+    assert (await client.get(f"/v1/deliveries/{delivery['id']}")).json()["sent_at"] == sent_at
     await assert_exact(client, _pool(app), "spring")
     assert (await client.get("/v1/coupon-sets/spring/stats")).json()["codes"]["sent"] == 4
     failed = await client.post(
