@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-stats clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench-export: $(STAMP)  ## B5: export 1,000,000 codes as CSV over HTTP
 
 bench-bulk: $(STAMP)  ## B4/B5: CSV upload and export vs psql \copy
 	$(BIN)/python -m bench.bulk
+
+bench-stats: $(STAMP)  ## B6: statistics on a 10,000,000-code set, B1 with and without the counting (needs wrk)
+	$(BIN)/python -m bench.stats
 
 clean:  ## remove the environment (keeps .data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
