@@ -233,6 +233,8 @@ async def test_a_day_with_a_clock_change_is_one_bucket(
         ({"tz": "+05:30"}, "IANA"),
         ({"bucket": "hour", "from": "2026-01-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "1000"),
         ({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "after"),
+        ({"to": "0001-01-05T00:00:00Z"}, "too early"),
+        ({"tz": "localtime"}, "IANA"),
     ],
 )
 async def test_bad_timelines_are_refused(

@@ -5,6 +5,7 @@ Each runs in the request's session, on the asyncpg connection under it
 counters plus the deltas not folded yet, in one statement, so it is exact as of that
 statement whatever the folder is doing. None reads the codes themselves."""
 
+import functools
 import math
 import uuid
 import zoneinfo
@@ -238,13 +239,17 @@ async def glances(session: AsyncSession, sets: Sequence[CouponSet]) -> dict[uuid
     return found
 
 
+@functools.cache
+def _zones() -> frozenset[str]:
+    """The IANA zone names (not the system's `localtime` and other files beside them)."""
+    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
 def _zone(tz: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    if tz not in _zones():
         raise InvalidTimeline(
             f"'{tz}' is not an IANA time zone (such as 'Europe/Madrid' or 'Asia/Kolkata')."
-        ) from None
+        )
     return tz
 
 
@@ -261,7 +266,10 @@ async def timeline(
 ) -> Timeline:
     zone = _zone(tz)
     end = end or datetime.now(UTC)
-    start = start or end - _SPAN[bucket] * DEFAULT_POINTS[bucket]
+    try:
+        start = start or end - _SPAN[bucket] * DEFAULT_POINTS[bucket]
+    except OverflowError:
+        raise InvalidTimeline("`to` is too early to count back from; give `from`.") from None
     if start > end:
         raise InvalidTimeline("`from` is after `to`.")
     # At most one bucket more than the span holds (plus a clock change): a cheap guard
@@ -283,6 +291,8 @@ async def timeline(
         )
     except asyncpg.InvalidParameterValueError:  # a zone Python knows and PostgreSQL not
         raise InvalidTimeline(f"'{tz}' is not a time zone the database knows.") from None
+    except asyncpg.DatetimeFieldOverflowError:  # near the ends of PostgreSQL's calendar
+        raise InvalidTimeline("The range reaches past the dates the database can count.") from None
     if len(rows) > MAX_POINTS:
         raise InvalidTimeline(_too_many(bucket))
     info = zoneinfo.ZoneInfo(zone)
