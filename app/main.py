@@ -32,6 +32,7 @@ from app.routers import (
     health,
     imports,
     pools,
+    recipients,
     redemptions,
 )
 from app.services import api_keys as api_key_service
@@ -177,6 +178,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         assignments.router,
         redemptions.router,
         audit.router,
+        recipients.router,
         exports.router,
         imports.router,
     )
