@@ -101,7 +101,7 @@ async def _pool_names(session: AsyncSession, pool_ids: Iterable[uuid.UUID]) -> d
     if not ids:
         return {}
     rows = await session.execute(select(Pool.id, Pool.name).where(Pool.id.in_(ids)))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 class _Held(NamedTuple):
@@ -188,7 +188,7 @@ async def _shared_redeemed(
         )
         .group_by(Redemption.set_id)
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 def _coupon(
@@ -343,7 +343,7 @@ async def _activity_items(session: AsyncSession, page: Sequence[_Event]) -> list
         found = await session.execute(
             select(Redemption.id, Redemption.order_id).where(Redemption.id.in_(redemption_ids))
         )
-        orders = dict(found.tuples().all())
+        orders = dict(found.all())
     pools: dict[tuple[uuid.UUID, str], str] = {}
     if wanted:
         found_pools = await session.execute(
@@ -351,7 +351,7 @@ async def _activity_items(session: AsyncSession, page: Sequence[_Event]) -> list
             .join(Pool, Pool.id == Code.pool_id)
             .where(tuple_(Code.set_id, Code.lookup).in_(wanted))
         )
-        pools = {(set_id, lookup): name for set_id, lookup, name in found_pools.tuples()}
+        pools = {(set_id, lookup): name for set_id, lookup, name in found_pools}
     items = []
     for event in page:
         row = event.row
