@@ -4,7 +4,7 @@ import enum
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.models.code import Channel, CodeStatus
 from app.models.coupon_set import SetKind
@@ -13,6 +13,28 @@ from app.schemas.page import Page
 
 class RecipientCoupon(BaseModel):
     """A code of a unique set, or an assignment of a shared set's code."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "set_id": "3f1c2b9e-8a55-4c1e-9d0b-2a6f0c7e5d11",
+                    "set_key": "spring-2026",
+                    "set_label": "Spring sale ☀️",
+                    "kind": "unique",
+                    "pool": "soccer",
+                    "code": "SPRING-AB12",
+                    "status": "redeemed",
+                    "assigned_at": "2026-03-01T09:30:00Z",
+                    "channel": "email",
+                    "address": "ann@example.com",
+                    "delivery_id": "7d9e4c1a-0b2f-4e8d-a6c3-5f1b2d3e4a5b",
+                    "redeemed_at": "2026-03-04T18:12:45Z",
+                    "valid_until": "2026-06-30T23:59:59Z",
+                }
+            ]
+        }
+    )
 
     set_id: uuid.UUID
     set_key: str = Field(examples=["spring-2026"])
@@ -51,6 +73,24 @@ class ActivityAction(enum.StrEnum):
 
 
 class ActivityEvent(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "at": "2026-03-04T18:12:45Z",
+                    "action": "hold_confirmed",
+                    "set_id": "3f1c2b9e-8a55-4c1e-9d0b-2a6f0c7e5d11",
+                    "set_key": "spring-2026",
+                    "code": "SPRING-AB12",
+                    "pool": "soccer",
+                    "delivery_id": None,
+                    "order_id": "o-1001",
+                    "redemption_id": "b0c4e6a2-91d3-4f57-8e2a-6c1d0f9b3a77",
+                }
+            ]
+        }
+    )
+
     at: datetime = Field(description="When it happened (a hold's expiry: its end)")
     action: ActivityAction
     set_id: uuid.UUID
