@@ -14,7 +14,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, and_, func, literal_column, or_, select, tuple_
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    String,
+    Uuid,
+    and_,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.assignment import SharedAssignment
@@ -344,14 +356,7 @@ async def _activity_items(session: AsyncSession, page: Sequence[_Event]) -> list
             select(Redemption.id, Redemption.order_id).where(Redemption.id.in_(redemption_ids))
         )
         orders = dict(found.all())
-    pools: dict[tuple[uuid.UUID, str], str] = {}
-    if wanted:
-        found_pools = await session.execute(
-            select(Code.set_id, Code.lookup, Pool.name)
-            .join(Pool, Pool.id == Code.pool_id)
-            .where(tuple_(Code.set_id, Code.lookup).in_(wanted))
-        )
-        pools = {(set_id, lookup): name for set_id, lookup, name in found_pools}
+    pools = await _pools_by_lookup(session, wanted)
     items = []
     for event in page:
         row = event.row
@@ -394,3 +399,27 @@ async def _activity_items(session: AsyncSession, page: Sequence[_Event]) -> list
             )
         )
     return items
+
+
+async def _pools_by_lookup(
+    session: AsyncSession, wanted: set[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], str]:
+    """The pool of each (set, code lookup): one probe of uq_codes_set_id_lookup each (as
+    pairs unnested and joined; an IN of pairs becomes an OR that only a bitmap serves)."""
+    if not wanted:
+        return {}
+    pairs = (
+        func.unnest(
+            literal([set_id for set_id, _ in wanted], ARRAY(Uuid)),
+            literal([lookup for _, lookup in wanted], ARRAY(String)),
+        )
+        .table_valued("set_id", "lookup")
+        .render_derived(name="pairs")
+    )
+    found = await session.execute(
+        select(Code.set_id, Code.lookup, Pool.name)
+        .select_from(pairs)
+        .join(Code, and_(Code.set_id == pairs.c.set_id, Code.lookup == pairs.c.lookup))
+        .join(Pool, Pool.id == Code.pool_id)
+    )
+    return {(set_id, lookup): name for set_id, lookup, name in found}
