@@ -32,6 +32,7 @@ from app.routers import (
     health,
     imports,
     pools,
+    recipients,
     redemptions,
     stats,
 )
@@ -191,6 +192,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         assignments.router,
         redemptions.router,
         audit.router,
+        recipients.router,
         exports.router,
         imports.router,
         stats.router,

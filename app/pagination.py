@@ -20,9 +20,11 @@ from app.models.base import Entity
 from app.schemas.page import Page
 
 MAX_PAGE_SIZE = 200
+DAMAGED = "The cursor was not issued by this API or is damaged."
 
 P = TypeVar("P", bound=Page[Any])
 R = TypeVar("R", bound=Entity)
+V = TypeVar("V")
 
 
 class PageParams(BaseModel):
@@ -50,9 +52,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at, row_id = raw.split("|")
         position = datetime.fromisoformat(created_at), uuid.UUID(row_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor("The cursor was not issued by this API or is damaged.") from None
+        raise InvalidCursor(DAMAGED) from None
     if position[0].tzinfo is None:
-        raise InvalidCursor("The cursor was not issued by this API or is damaged.")
+        raise InvalidCursor(DAMAGED)
     return position
 
 
@@ -93,10 +95,47 @@ def decode_id_cursor(cursor: str) -> int:
             raise ValueError(tag)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor("The cursor was not issued by this API or is damaged.") from None
+        raise InvalidCursor(DAMAGED) from None
 
 
 def next_id_cursor(ids: Sequence[int], params: PageParams) -> str | None:
     """For lists ordered by a bigint id: the cursor after the last row shown, if more follow
     (``ids`` holds one row more than the page when another page exists)."""
     return encode_id_cursor(ids[params.limit - 1]) if len(ids) > params.limit else None
+
+
+def encode_key_cursor(tag: str, *parts: object) -> str:
+    """A cursor holding a list's sort key (``parts``, shown with ``str``), tagged with the
+    list it belongs to."""
+    raw = "|".join([tag, *(str(part) for part in parts)])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_key_cursor(cursor: str, tag: str, *parsers: Callable[[str], Any]) -> list[Any]:
+    """The sort key ``encode_key_cursor`` wrote, each part read by its parser (a
+    ``ValueError`` of one means the cursor was not issued by this API)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor(DAMAGED) from None
+    found, *parts = raw.split("|")
+    if found != tag or len(parts) != len(parsers):
+        raise InvalidCursor(DAMAGED)
+    return [cursor_part(parse, part) for parse, part in zip(parsers, parts, strict=True)]
+
+
+def cursor_part(parse: Callable[[str], V], text: str) -> V:
+    """One part of a cursor's key read by ``parse``, whose ``ValueError`` means the
+    cursor is damaged."""
+    try:
+        return parse(text)
+    except ValueError:
+        raise InvalidCursor(DAMAGED) from None
+
+
+def aware_datetime(text: str) -> datetime:
+    """A cursor's timestamp: ISO 8601 with its offset."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(text)
+    return moment

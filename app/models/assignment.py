@@ -21,6 +21,8 @@ class SharedAssignment(Base, table=True):
             postgresql_where=text("NOT additional"),
         ),
         Index("ix_shared_assignments_set_id_id", "set_id", "id"),
+        # A recipient's assignments across sets, in pages keyed on (set_id, id).
+        Index("ix_shared_assignments_recipient_id", "recipient_id", "set_id", "id"),
     )
 
     id: Col[int] = identity()

@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index
+from sqlalchemy import Index, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field
 
@@ -31,7 +31,17 @@ class AuditAction(enum.StrEnum):
 class AuditEvent(Base, table=True):
     __tablename__ = "audit_events"
     # No foreign key to the set: the trail outlives what it describes.
-    __table_args__ = (Index("ix_audit_events_set_id_id", "set_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_set_id_id", "set_id", "id"),
+        # A recipient's activity, newest first (GET /v1/recipients/{id}/activity).
+        Index(
+            "ix_audit_events_recipient_id",
+            "recipient_id",
+            "created_at",
+            "id",
+            postgresql_where=text("recipient_id IS NOT NULL"),
+        ),
+    )
 
     id: Col[int] = identity()
     set_id: Col[uuid.UUID | None] = Field(default=None)

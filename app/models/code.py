@@ -63,11 +63,24 @@ class Code(Base, table=True):
             unique=True,
             postgresql_where=text("recipient_id IS NOT NULL AND NOT additional"),
         ),
+        # A recipient's codes: in one set (the code list's filter), or across sets in
+        # pages (GET /v1/recipients/{id}/coupons), keyset on (set_id, id).
         Index(
-            "ix_codes_set_id_recipient_id",
-            "set_id",
+            "ix_codes_recipient_id",
             "recipient_id",
+            "set_id",
+            "id",
             postgresql_where=text("recipient_id IS NOT NULL"),
+        ),
+        # The code list by pool and status, in id order; free codes are in ix_codes_free,
+        # so an import (all free) writes no entry here. status is in ix_codes_free's
+        # predicate already, so no update that changes it was HOT before this index.
+        Index(
+            "ix_codes_pool_id_status_id",
+            "pool_id",
+            "status",
+            "id",
+            postgresql_where=text("status <> 'available'"),
         ),
         Index("ix_codes_set_id_id", "set_id", "id"),
         # Redemptions name a code, not its set.

@@ -34,6 +34,15 @@ class Redemption(Base, table=True):
             "code_id",
             postgresql_where=text("status IN ('redeemed', 'held')"),
         ),
+        # A recipient's holds, for the holds that expired in their activity (an expiry
+        # writes no row: it is read from hold_expires_at, which never changes).
+        Index(
+            "ix_redemptions_recipient_holds",
+            "recipient_id",
+            "hold_expires_at",
+            "id",
+            postgresql_where=text("hold_expires_at IS NOT NULL AND recipient_id IS NOT NULL"),
+        ),
     )
 
     id: Col[uuid.UUID] = Field(default_factory=uuid.uuid4, primary_key=True)

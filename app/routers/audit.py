@@ -22,7 +22,9 @@ router = APIRouter(prefix="/v1/coupon-sets/{set_id}/audit", tags=["audit"])
     "",
     summary="The audit trail of a set, newest first",
     description="One row per assignment, redemption, hold, confirm, release, rollback, "
-    "void and code import: who (API key), when, what, and the Idempotency-Key.",
+    "void and code import: who (API key), when, what, and the Idempotency-Key. Filter by "
+    "`action`, `code` or `recipient_id` (one contact's events in this set; across sets: "
+    "`GET /v1/recipients/{recipient_id}/activity`).",
     responses=problem_responses(NotFound),
 )
 async def list_audit_events(
@@ -32,9 +34,18 @@ async def list_audit_events(
     page: PageQuery,
     action: AuditAction | None = None,
     code: Annotated[str | None, Query(max_length=100)] = None,
+    recipient_id: Annotated[
+        str | None,
+        Query(max_length=200, description="Only this recipient's events", examples=["contact-42"]),
+    ] = None,
 ) -> AuditPage:
     events = await audit.list_events(
-        session, set_id=coupon_set.id, action=action, code=code, params=page
+        session,
+        set_id=coupon_set.id,
+        action=action,
+        code=code,
+        recipient_id=recipient_id,
+        params=page,
     )
     return AuditPage(
         items=[audit_event_public(e) for e in events[: page.limit]],

@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.models.api_key import ApiKey
 from app.models.audit import AuditAction, AuditEvent
@@ -41,17 +42,31 @@ async def list_events(
     set_id: uuid.UUID,
     action: AuditAction | None,
     code: str | None,
+    recipient_id: str | None = None,
     params: PageParams,
 ) -> list[AuditEvent]:
-    """Newest first."""
-    stmt = select(AuditEvent).where(AuditEvent.set_id == set_id)
+    """Newest first. With a recipient, that recipient's events are read first, all of them
+    (ix_audit_events_recipient_id), then this set's are kept: a recipient has a few
+    thousand events at most beside a set's millions. A MATERIALIZED CTE keeps the
+    planner from intersecting that index with the set's (a BitmapAnd over every event of
+    the set)."""
+    events: Any = AuditEvent
+    if recipient_id is not None:
+        events = aliased(
+            AuditEvent,
+            select(AuditEvent)
+            .where(AuditEvent.recipient_id == recipient_id)
+            .cte("recipient_events")
+            .prefix_with("MATERIALIZED"),
+        )
+    stmt = select(events).where(events.set_id == set_id)
     if action is not None:
-        stmt = stmt.where(AuditEvent.action == action.value)
+        stmt = stmt.where(events.action == action.value)
     if code is not None:
-        stmt = stmt.where(AuditEvent.code == code)
+        stmt = stmt.where(events.code == code)
     if params.cursor is not None:
-        stmt = stmt.where(AuditEvent.id < decode_id_cursor(params.cursor))
-    stmt = stmt.order_by(AuditEvent.id.desc()).limit(params.limit + 1)
+        stmt = stmt.where(events.id < decode_id_cursor(params.cursor))
+    stmt = stmt.order_by(events.id.desc()).limit(params.limit + 1)
     return list((await session.execute(stmt)).scalars())
 
 

@@ -4,7 +4,8 @@ import re
 import httpx
 import pytest
 
-from tests.helpers import add_codes, assign, create_set, problem_type, redeem
+from app.services import codes as codes_service
+from tests.helpers import add_codes, assign, codes_of, create_set, problem_type, redeem
 
 
 @pytest.fixture
@@ -242,3 +243,62 @@ async def test_only_an_assigned_unused_code_can_be_returned(
     assert unknown.status_code == 404
     listed = await client.get(f"/v1/coupon-sets/{set_key}/codes", params={"status": "assigned"})
     assert [c["code"] for c in listed.json()["items"]] == [kept], "refusals change nothing"
+
+
+async def _listed(client: httpx.AsyncClient, set_key: str, limit: int, **filters: str) -> list[str]:
+    """Every code the list shows with these filters, page by page."""
+    codes: list[str] = []
+    params: dict[str, object] = {"limit": limit, **filters}
+    while True:
+        response = await client.get(f"/v1/coupon-sets/{set_key}/codes", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        codes += [item["code"] for item in page["items"]]
+        if page["next_cursor"] is None:
+            return codes
+        params["cursor"] = page["next_cursor"]
+
+
+@pytest.mark.parametrize("merged_ranges", [64, 1])
+async def test_every_filter_of_the_code_list_pages_in_id_order(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, merged_ranges: int
+) -> None:
+    """Status and pool filters read merged index ranges (or, past MERGED_RANGES, the
+    set's codes): either way the same codes, in the order they were added."""
+    monkeypatch.setattr(codes_service, "MERGED_RANGES", merged_ranges)
+    await create_set(client, key="f")
+    for pool in ("a", "b"):
+        await client.post("/v1/coupon-sets/f/pools", json={"name": pool})
+    # Interleaved across pools, so ids alternate between them.
+    for n in range(8):
+        for pool in ("default", "a", "b"):
+            await add_codes(client, "f", [f"{pool.upper()}-{n}"], pool=pool)
+    for pool in ("default", "a"):
+        for n in range(3):
+            await assign(client, "f", f"{pool}-r{n}", pool=pool)
+    await client.post("/v1/coupon-sets/f/codes/A-4/void")
+    await client.post("/v1/coupon-sets/f/codes/B-5/void")
+    assert (await redeem(client, "DEFAULT-1")).status_code == 201
+    everything = await codes_of(client, "f")
+    assert len(everything) == 24
+    for filters in (
+        {},
+        {"status": "available"},
+        {"status": "assigned"},
+        {"status": "redeemed"},
+        {"status": "void"},
+        {"pool": "a"},
+        {"pool": "b", "status": "void"},
+        {"pool": "default", "status": "available"},
+        {"recipient_id": "a-r1"},
+        {"recipient_id": "a-r1", "status": "assigned"},
+        {"recipient_id": "a-r1", "pool": "default"},
+    ):
+        expected = [
+            c["code"]
+            for c in everything
+            if all(c[name] == value for name, value in filters.items())
+        ]
+        for limit in (1, 2, 200):
+            assert await _listed(client, "f", limit, **filters) == expected, (filters, limit)
+    assert await _listed(client, "f", 200, status="void") == ["A-4", "B-5"]

@@ -1,0 +1,58 @@
+"""/v1/recipients/{recipient_id}: one recipient across every set, its coupons and its
+activity."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from app.auth import ReadKey
+from app.db import Session
+from app.errors import InvalidCursor
+from app.pagination import PageQuery
+from app.problems import problem_responses
+from app.schemas.recipient import ActivityPage, RecipientCouponPage
+from app.services import recipients
+
+router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
+
+# `path`: a recipient id may hold a slash (sent as %2F), as the assignment body allows.
+RecipientId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=200,
+        description="The caller's id for the contact, as given to assignments",
+        examples=["contact-42"],
+    ),
+]
+
+
+@router.get(
+    "/{recipient_id:path}/coupons",
+    summary="A contact's coupons across sets",
+    description="Every code of a unique set and every assignment of a shared set's code "
+    "this recipient holds, in any set: grouped by set, within a set in the order the "
+    "codes were added. Cursor-paginated; a recipient nobody gave a coupon to has an "
+    "empty list (`200`), since recipients are the caller's ids.",
+    responses=problem_responses(InvalidCursor),
+)
+async def list_recipient_coupons(
+    _: ReadKey, recipient_id: RecipientId, session: Session, page: PageQuery
+) -> RecipientCouponPage:
+    return await recipients.list_coupons(session, recipient_id=recipient_id, params=page)
+
+
+@router.get(
+    "/{recipient_id:path}/activity",
+    summary="What happened to a contact's coupons, newest first",
+    description="From the audit trail: `assigned`, `redeemed`, `held`, `hold_confirmed`, "
+    "`hold_released`, `rolled_back`, `returned` (given back by a return or a delivery's "
+    "reported failure), `voided`; and `hold_expired` at the end of each hold that ran out "
+    "(read from the hold itself: an expiry writes no row). Cursor-paginated; an unknown "
+    "recipient has an empty list (`200`).",
+    responses=problem_responses(InvalidCursor),
+)
+async def list_recipient_activity(
+    _: ReadKey, recipient_id: RecipientId, session: Session, page: PageQuery
+) -> ActivityPage:
+    return await recipients.list_activity(session, recipient_id=recipient_id, params=page)
