@@ -48,7 +48,7 @@ test-slow: $(STAMP)  ## the concurrency scenarios, 25 rounds each
 openapi: $(STAMP)  ## write openapi/openapi.json and docs/problems.md from the app
 	$(BIN)/python -m app.openapi openapi/openapi.json docs/problems.md
 
-migrate: $(STAMP)  ## apply the migrations to DATABASE_URL (or the embedded server)
+migrate: $(STAMP)  ## apply the migrations to DATABASE_DIRECT_URL, else DATABASE_URL (or the embedded server)
 	$(BIN)/python -m app.serve --migrate-only
 
 bench-assign: $(STAMP)  ## B1/B2: assignment vs pgbench and a naive endpoint (needs wrk)
