@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-instances clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench-delivery: $(STAMP)  ## B3: confirm a 1,000,000-target delivery vs the set-
 
 bench-export: $(STAMP)  ## B5: export 1,000,000 codes as CSV over HTTP
 	$(BIN)/python -m bench.export
+
+bench-instances: $(STAMP)  ## B9: two instances through PgBouncer vs one direct, and B1 through PgBouncer (needs wrk, pgbouncer)
+	$(BIN)/python -m bench.instances
 
 bench-bulk: $(STAMP)  ## B4/B5: CSV upload and export vs psql \copy
 	$(BIN)/python -m bench.bulk

@@ -69,16 +69,21 @@ def redis_server() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def _unprivileged(command: list[str]) -> list[str]:
-    """``command`` as the user ``nobody`` when the tests run as root (PgBouncer refuses
-    to run as root); as it is otherwise. setpriv execs in place: the process started is
-    the server itself, so terminating it stops the server."""
+def _unprivileged(command: list[str], owner: Path | None = None) -> list[str]:
+    """``command`` as an unprivileged user when the tests run as root (PgBouncer refuses
+    to run as root): the owner of ``owner`` (a server's socket folder, which only its
+    owner may enter) when that is not root, else ``nobody``; as it is otherwise.
+    setpriv execs in place: the process started is the server itself, so terminating it
+    stops the server."""
     if os.geteuid() != 0:
         return command
+    user, group = "nobody", "nogroup"
+    if owner is not None and owner.is_dir() and owner.stat().st_uid != 0:
+        user, group = str(owner.stat().st_uid), str(owner.stat().st_gid)
     setpriv = shutil.which("setpriv")
     if setpriv:
-        return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
-    return ["runuser", "-u", "nobody", "--", *command]
+        return [setpriv, f"--reuid={user}", f"--regid={group}", "--clear-groups", *command]
+    return ["runuser", "-u", user, "--", *command]
 
 
 @contextmanager
@@ -87,12 +92,22 @@ def pgbouncer_server(server_url: str, *, pool_size: int = 20) -> Iterator[str]:
     ``server_url`` (any database on it), on a free loopback port; yields
     ``server_url`` with PgBouncer's host and port. Its clients authenticate by trust
     (loopback only); it logs in to PostgreSQL with the URL's user and password."""
+    program = require("pgbouncer", "pgbouncer")
+    with run_pgbouncer(program, server_url, pool_size=pool_size) as (url, _):
+        yield url
+
+
+@contextmanager
+def run_pgbouncer(
+    program: str, server_url: str, *, pool_size: int = 20
+) -> Iterator[tuple[str, "subprocess.Popen[bytes]"]]:
+    """``pgbouncer_server`` with the program given (the benchmarks use it too); yields
+    the URL and the process."""
     from sqlalchemy.engine import make_url
 
-    program = require("pgbouncer", "pgbouncer")
     url = make_url(server_url)
-    host = url.host or str(url.query.get("host", "127.0.0.1"))
-    port = url.port or 5432
+    host = url.host or str(url.query.get("host", "127.0.0.1"))  # or a socket's folder
+    port = url.port or int(str(url.query.get("port", 5432)))
     user, password = url.username or "postgres", url.password or ""
     listen = free_port()
     folder = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
@@ -119,7 +134,7 @@ def pgbouncer_server(server_url: str, *, pool_size: int = 20) -> Iterator[str]:
         file.chmod(0o644)
     log = (folder / "pgbouncer.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - a program from the PATH, fixed arguments
-        _unprivileged([program, str(folder / "pgbouncer.ini")]),
+        _unprivileged([program, str(folder / "pgbouncer.ini")], Path(host)),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -128,7 +143,8 @@ def pgbouncer_server(server_url: str, *, pool_size: int = 20) -> Iterator[str]:
             wait_for_port(listen, process)
         except (AssertionError, TimeoutError):
             raise RuntimeError((folder / "pgbouncer.log").read_text()) from None
-        yield url.set(host="127.0.0.1", port=listen, query={}).render_as_string(hide_password=False)
+        bouncer = url.set(host="127.0.0.1", port=listen, query={})
+        yield bouncer.render_as_string(hide_password=False), process
     finally:
         process.terminate()
         process.wait(timeout=10)
