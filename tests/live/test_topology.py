@@ -13,7 +13,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,10 +22,11 @@ from sqlalchemy import text
 
 from tests.conftest import ADMIN_SECRET
 from tests.external import pgbouncer_server, redis_server
-from tests.helpers import add_codes, create_set, redeem
+from tests.helpers import add_codes, create_set, import_codes, redeem
 from tests.live.conftest import serve
 from tests.live.test_concurrency import gather, problem_types, scalar
 from tests.live.test_redemption_counters import uses_left_are_exact
+from tests.routers.test_deliveries import add_targets, create_delivery, targets
 
 RATE = 60  # redeem + validate per key and minute, across both instances
 
@@ -79,9 +79,8 @@ def instances(
         logs = tmp_path_factory.mktemp("topology")
         both = [Instance(name, bouncer_url, settings, logs) for name in ("a", "b")]
         try:
-            # Together, as a deployment starts them (each migrates, behind a lock).
-            with ThreadPoolExecutor(2) as starting:
-                list(starting.map(Instance.start, both))
+            for instance in both:
+                instance.start()
             yield both
         finally:
             for instance in both:
@@ -245,6 +244,32 @@ async def test_a_revoked_key_is_refused_by_every_instance_within_a_second(
         began - answered for began, status in results[1] if began > answered and status < 400
     ]
     assert max(accepted_late, default=0) <= 1.0
+
+
+async def test_imports_and_confirms_run_through_pgbouncer(instances: list[Instance]) -> None:
+    """An import job (its rows staged in a session of its own, on DATABASE_DIRECT_URL)
+    and a delivery's confirm (its lock held by a transaction of its own) through
+    PgBouncer; each on one instance, read back on the other."""
+    async with clients(instances) as (a, b):
+        await create_set(a, key="topo-jobs")
+        body = "\n".join(f"J-{n:04}" for n in range(300)).encode()
+        imported = await import_codes(
+            a, "topo-jobs", body, filename="codes.txt", content_type="text/plain"
+        )
+        assert imported.status_code == 201, imported.text
+        job = (await b.get(f"/v1/coupon-sets/topo-jobs/imports/{imported.json()['id']}")).json()
+        assert (job["status"], job["accepted"]) == ("succeeded", 300), job
+        delivery = await create_delivery(b, coupon_set_id="topo-jobs")
+        await add_targets(b, delivery["id"], targets(50))
+        assert (await b.post(f"/v1/deliveries/{delivery['id']}/analyze")).status_code == 200
+        confirmed = await b.post(f"/v1/deliveries/{delivery['id']}/confirm")
+        assert confirmed.status_code in (200, 202), confirmed.text
+        for _ in range(300):
+            status = (await a.get(f"/v1/deliveries/{delivery['id']}")).json()
+            if status["status"] != "sending":
+                break
+            await asyncio.sleep(0.1)
+        assert (status["status"], status["assigned"]) == ("finished", 50), status
 
 
 async def test_a_rolling_restart_under_load_fails_no_request(
