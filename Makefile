@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-stats clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-stats bench-instances clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,7 +48,7 @@ test-slow: $(STAMP)  ## the concurrency scenarios, 25 rounds each
 openapi: $(STAMP)  ## write openapi/openapi.json and docs/problems.md from the app
 	$(BIN)/python -m app.openapi openapi/openapi.json docs/problems.md
 
-migrate: $(STAMP)  ## apply the migrations to DATABASE_URL (or the embedded server)
+migrate: $(STAMP)  ## apply the migrations to DATABASE_DIRECT_URL, else DATABASE_URL (or the embedded server)
 	$(BIN)/python -m app.serve --migrate-only
 
 bench-assign: $(STAMP)  ## B1/B2: assignment vs pgbench and a naive endpoint (needs wrk)
@@ -62,6 +62,9 @@ bench-delivery: $(STAMP)  ## B3: confirm a 1,000,000-target delivery vs the set-
 
 bench-export: $(STAMP)  ## B5: export 1,000,000 codes as CSV over HTTP
 	$(BIN)/python -m bench.export
+
+bench-instances: $(STAMP)  ## B9: two instances through PgBouncer vs one direct, and B1 through PgBouncer (needs wrk, pgbouncer)
+	$(BIN)/python -m bench.instances
 
 bench-bulk: $(STAMP)  ## B4/B5: CSV upload and export vs psql \copy
 	$(BIN)/python -m bench.bulk

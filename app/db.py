@@ -19,7 +19,33 @@ from app.errors import AppError
 from app.settings import Settings
 
 
-def create_engine(settings: Settings, url: str) -> AsyncEngine:
+# Behind PgBouncer in transaction mode, consecutive transactions of one client
+# connection run on different server connections, and each server connection serves
+# many clients: a named prepared statement would be missing on the next server, or
+# would clash with another client's of the same name (asyncpg numbers its statements
+# from 1 in every process). So no statement is cached, asyncpg's or SQLAlchemy's,
+# and every one is the unnamed statement, which PostgreSQL replaces at each Parse: it
+# lives within one transaction (SQLAlchemy always runs in one; asyncpg sends Parse again
+# with Bind when its statement cache is off, for statements in autocommit). Unnamed,
+# not uniquely named (SQLAlchemy's uuid4 recipe): a uniquely named statement whose Close
+# reaches another server connection stays on its server until that connection ends
+# (SQLAlchemy's documentation warns of the build-up), while there is only ever one
+# unnamed statement per server connection. The cost: a Parse (and a plan) per statement,
+# and a second round trip (Parse/Describe, then Parse/Bind/Execute); docs/scaling.md.
+def _no_named_statements() -> str:
+    return ""
+
+
+def create_engine(settings: Settings, url: str, *, pgbouncer: bool | None = None) -> AsyncEngine:
+    """The ORM's engine on ``url``; ``pgbouncer`` (default: COUPONS_DB_PGBOUNCER) for a
+    URL that goes through PgBouncer in transaction mode."""
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": "coupon-service"}}
+    if settings.db_pgbouncer if pgbouncer is None else pgbouncer:
+        connect_args |= {
+            "statement_cache_size": 0,  # asyncpg's
+            "prepared_statement_cache_size": 0,  # SQLAlchemy's
+            "prepared_statement_name_func": _no_named_statements,
+        }
     return create_async_engine(
         url,
         pool_size=settings.db_pool_size,
@@ -29,7 +55,7 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
         # fails one request with a 503 and is replaced. No reset on return either (another
         # round trip): every session ends its transaction with a commit or a rollback.
         pool_reset_on_return=None,
-        connect_args={"server_settings": {"application_name": "coupon-service"}},
+        connect_args=connect_args,
     )
 
 
@@ -78,10 +104,14 @@ class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no types
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
-async def create_driver_pool(settings: Settings, url: str) -> asyncpg.Pool:
+async def create_driver_pool(
+    settings: Settings, url: str, *, pgbouncer: bool | None = None
+) -> asyncpg.Pool:
     """Plain asyncpg connections in autocommit, for hot paths that are one statement (its
     own transaction) and cannot afford the ORM session. Connects lazily; acquiring a
-    connection waits ``COUPONS_DB_POOL_TIMEOUT`` at most."""
+    connection waits ``COUPONS_DB_POOL_TIMEOUT`` at most. ``pgbouncer`` (default:
+    COUPONS_DB_PGBOUNCER): no statement cache, every statement unnamed (see above)."""
+    behind_pgbouncer = settings.db_pgbouncer if pgbouncer is None else pgbouncer
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     pool = BoundedPool(
         dsn,
@@ -98,9 +128,20 @@ async def create_driver_pool(settings: Settings, url: str) -> asyncpg.Pool:
         reset=None,
         loop=None,
         server_settings={"application_name": "coupon-service"},
+        **({"statement_cache_size": 0} if behind_pgbouncer else {}),
     )
     await pool
     return pool
+
+
+async def create_session_pool(settings: Settings) -> asyncpg.Pool | None:
+    """Plain asyncpg connections straight to PostgreSQL (DATABASE_DIRECT_URL) for work
+    that keeps state in its session across transactions: an import job stages its rows
+    in a temporary table of its connection. None when the driver pool's connections are
+    sessions already (DATABASE_URL is direct): that pool serves."""
+    if settings.database_direct_url is None or not settings.db_pgbouncer:
+        return None
+    return await create_driver_pool(settings, settings.database_direct_url, pgbouncer=False)
 
 
 async def session_driver(session: AsyncSession) -> asyncpg.Connection:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__, docs_pages, idempotency
-from app.db import create_driver_pool, create_engine, create_sessionmaker
+from app.db import create_driver_pool, create_engine, create_session_pool, create_sessionmaker
 from app.lean import LeanPath
 from app.limits import BodySizeLimitMiddleware
 from app.logging import configure_logging
@@ -116,6 +116,10 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.driver_pool = await create_driver_pool(settings, database_url)
         app.state.key_cache = KeyCache(app.state.driver_pool)
+        watch_keys = asyncio.create_task(app.state.key_cache.watch())
+        # Imports keep session state (a temporary table): straight to PostgreSQL when
+        # DATABASE_URL is PgBouncer.
+        app.state.session_pool = await create_session_pool(settings)
         app.state.claimer = Claimer(
             app.state.driver_pool,
             coalesce=settings.coalesce_claims,
@@ -134,7 +138,9 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
             workers=settings.confirm_workers,
         )
         await app.state.confirmations.recover()
-        app.state.import_runner = ImportRunner(app.state.driver_pool, app.state.sessionmaker)
+        app.state.import_runner = ImportRunner(
+            app.state.driver_pool, app.state.sessionmaker, session_pool=app.state.session_pool
+        )
         await app.state.import_runner.recover()
         purge = asyncio.create_task(idempotency.purge_periodically(app.state.driver_pool))
         app.state.stats_folder = StatsFolder(
@@ -156,12 +162,15 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         yield
         gc.unfreeze()
         purge.cancel()
-        await asyncio.gather(purge, return_exceptions=True)
+        watch_keys.cancel()
+        await asyncio.gather(purge, watch_keys, return_exceptions=True)
         await app.state.stats_folder.stop()
         await app.state.confirmations.stop()
         # Imports merging in the background finish before their connections close.
         await app.state.import_runner.stop()
         await app.state.driver_pool.close()
+        if app.state.session_pool is not None:
+            await app.state.session_pool.close()
         await engine.dispose()
 
     app = FastAPI(

@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         with _database(settings) as database_url:
-            logger.info("applying migrations to %s", redact_url(database_url))
-            upgrade(database_url)
+            # Straight to PostgreSQL (DATABASE_DIRECT_URL) when DATABASE_URL is PgBouncer.
+            direct_url = settings.database_direct_url or database_url
+            logger.info("applying migrations to %s", redact_url(direct_url))
+            upgrade(direct_url)
             if args.migrate_only:
                 return 0
             _serve(settings, database_url)

@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,15 +28,15 @@ Environment = Literal["development", "test", "production"]
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 
 
-def to_asyncpg_url(url: str) -> str:
+def to_asyncpg_url(url: str, variable: str = "DATABASE_URL") -> str:
     """Accept the usual spellings of a PostgreSQL URL and point it at asyncpg."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ValueError(f"DATABASE_URL is not a database URL: {exc}") from None
+        raise ValueError(f"{variable} is not a database URL: {exc}") from None
     if parsed.drivername not in _POSTGRES_SCHEMES:
         raise ValueError(
-            f"DATABASE_URL must be a PostgreSQL URL (postgresql://...), not {parsed.drivername}://"
+            f"{variable} must be a PostgreSQL URL (postgresql://...), not {parsed.drivername}://"
         )
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
@@ -60,6 +61,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "COUPONS_DATABASE_URL"),
         description="a PostgreSQL URL, postgresql://user:password@host:5432/database",
     )
+    database_direct_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_DIRECT_URL", "COUPONS_DATABASE_DIRECT_URL"),
+        description=(
+            "a PostgreSQL URL straight to the server (not through PgBouncer), for migrations "
+            "and work that needs a session of its own"
+        ),
+    )
+    # DATABASE_URL goes through PgBouncer in transaction mode: no prepared statement is
+    # named or cached, and nothing keeps session state on it (docs/scaling.md).
+    db_pgbouncer: bool = False
     data_dir: Path = Field(default=Path(".data"), description="embedded PostgreSQL data folder")
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("HOST", "COUPONS_HOST"))
     port: int = Field(
@@ -140,12 +152,12 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_direct_url")
     @classmethod
-    def _normalise_database_url(cls, value: str | None) -> str | None:
+    def _normalise_database_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or not value.strip():
             return None
-        return to_asyncpg_url(value.strip())
+        return to_asyncpg_url(value.strip(), str(info.field_name).upper())
 
     @field_validator("admin_api_key")
     @classmethod
@@ -161,7 +173,18 @@ class Settings(BaseSettings):
                 "DATABASE_URL must be set when COUPONS_ENVIRONMENT=production "
                 "(the embedded PostgreSQL is for development and tests)"
             )
+        if self.db_pgbouncer and self.database_direct_url is None:
+            raise ValueError(
+                "COUPONS_DB_PGBOUNCER=true needs DATABASE_DIRECT_URL, a URL straight to "
+                "PostgreSQL: migrations and import jobs (a temporary table of one session) "
+                "cannot go through PgBouncer in transaction mode"
+            )
         return self
+
+    @property
+    def direct_url(self) -> str | None:
+        """Where migrations and session work go: DATABASE_DIRECT_URL, else DATABASE_URL."""
+        return self.database_direct_url or self.database_url
 
 
 def _variable(name: str, field: FieldInfo | None) -> str:
@@ -196,7 +219,12 @@ def _expected(field: FieldInfo) -> str:
     return kind + (" " + " and ".join(bounds) if bounds else "")
 
 
-_SECRET_VARIABLES = {"COUPONS_ADMIN_API_KEY", "DATABASE_URL", "COUPONS_RATE_LIMIT_STORAGE"}
+_SECRET_VARIABLES = {
+    "COUPONS_ADMIN_API_KEY",
+    "DATABASE_URL",
+    "DATABASE_DIRECT_URL",
+    "COUPONS_RATE_LIMIT_STORAGE",
+}
 
 
 def describe(error: ValidationError) -> list[str]:

@@ -202,22 +202,27 @@ class Cpu:
 
 
 @contextlib.contextmanager
-def measure_cpu(postmaster: int, server_pid: int | None = None) -> Iterator[Cpu]:
-    """Where the CPU went while the block ran: the HTTP server, PostgreSQL, the load
-    generator (wrk or pgbench: the children this script waits for), and the rest.
+def measure_cpu(postmaster: int, server_pid: int | Sequence[int] | None = None) -> Iterator[Cpu]:
+    """Where the CPU went while the block ran: the HTTP server (or servers: every pid of
+    ``server_pid``), PostgreSQL, the load generator (wrk or pgbench: the children this
+    script waits for), and the rest.
 
     Processes come and go (pgbench's backends end before it does), so a thread samples
-    both process trees every 0.25 s and keeps the last figure of each process."""
+    the process trees every 0.25 s and keeps the last figure of each process."""
     hz = os.sysconf("SC_CLK_TCK")
-    roots = {"postgres": postmaster, "server": server_pid}
-    start = {name: tree_ticks(pid) if pid else {} for name, pid in roots.items()}
-    seen = {name: dict(ticks) for name, ticks in start.items()}
+    servers = [server_pid] if isinstance(server_pid, int) else list(server_pid or [])
+    roots = {"postgres": [postmaster], "server": servers}
+
+    def ticks(name: str) -> dict[int, int]:
+        return {pid: t for root in roots[name] for pid, t in tree_ticks(root).items()}
+
+    start = {name: ticks(name) for name in roots}
+    seen = {name: dict(found) for name, found in start.items()}
     stop = threading.Event()
 
     def sample() -> None:
-        for name, pid in roots.items():
-            if pid:
-                seen[name].update(tree_ticks(pid))
+        for name in roots:
+            seen[name].update(ticks(name))
 
     def keep_sampling() -> None:
         while not stop.wait(0.25):

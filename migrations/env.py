@@ -15,7 +15,7 @@ MIGRATION_LOCK_ID = 7_412_006_123
 
 
 def _database_url() -> str:
-    url = context.config.attributes.get("database_url") or get_settings().database_url
+    url = context.config.attributes.get("database_url") or get_settings().direct_url
     if not url:
         raise RuntimeError("DATABASE_URL is not set")
     return str(url)

@@ -98,3 +98,17 @@ def test_the_server_refuses_a_bad_configuration_plainly() -> None:
         "  COUPONS_WORKERS = '0': Input should be greater than or equal to 1 "
         "(expected a whole number at least 1 and at most 64)",
     ]
+
+
+def test_pgbouncer_needs_a_direct_url() -> None:
+    with pytest.raises(ValidationError, match="DATABASE_DIRECT_URL"):
+        Settings(database_url="postgresql://a@bouncer/c", db_pgbouncer=True)
+    settings = Settings(
+        database_url="postgresql://a@bouncer:6432/c",
+        database_direct_url="postgres://a@db:5432/c",
+        db_pgbouncer=True,
+    )
+    assert settings.direct_url == "postgresql+asyncpg://a@db:5432/c"
+    assert Settings(database_url="postgresql://a@db/c").direct_url == "postgresql+asyncpg://a@db/c"
+    with pytest.raises(ValidationError, match="DATABASE_DIRECT_URL must be a PostgreSQL URL"):
+        Settings(database_url="postgresql://a@db/c", database_direct_url="mysql://a@db/c")

@@ -5,6 +5,8 @@ them (there is no dictionary to attack) and lets a request find its key by index
 
 import asyncio
 import hashlib
+import logging
+import math
 import secrets
 import time
 import uuid
@@ -13,7 +15,7 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import ColumnElement, func, or_, select, text
+from sqlalchemy import ColumnElement, event, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,75 +46,140 @@ def _active() -> list[ColumnElement[bool]]:
 
 
 # Every request authenticates; a key found active is remembered for a few seconds so the
-# hot paths (assign, redeem) skip that query. A revocation applies at once in the process
-# that revoked and within CACHE_SECONDS in the others.
+# hot paths (assign, redeem) skip that query. A revocation must reach every process:
+# each asks the database every REVISION_SECONDS whether any key was revoked since it last
+# asked (one small query, not LISTEN, which PgBouncer in transaction mode cannot carry),
+# and trusts what it remembers only while its last answer is at most FRESH_SECONDS old.
+# So a revoked key is refused by every process within FRESH_SECONDS, and by the process
+# that revoked it from the moment the revocation answered.
 CACHE_SECONDS = 5.0
+REVISION_SECONDS = 0.5
+FRESH_SECONDS = 1.0
 _CACHE_SIZE = 10_000
 _FIND_PLAIN = (
     f"SELECT {', '.join(ApiKey.__table__.columns.keys())} FROM api_keys "  # noqa: S608 (the model's column names)
     "WHERE secret_sha256 = $1 AND revoked_at IS NULL "
     "AND (expires_at IS NULL OR expires_at > now())"
 )
+# Changes with every revocation (and with any key deleted or un-revoked by hand).
+_REVISION = "SELECT count(*), count(revoked_at), max(revoked_at) FROM api_keys"
+
+logger = logging.getLogger(__name__)
 
 
 class KeyCache:
-    """The keys this process found active, each for ``CACHE_SECONDS``: one per process,
-    created at start-up. Keys are looked up through the request's session
-    (``find_active``) or, for the lean assignment path, on the plain pool."""
+    """The keys this process found active, each for ``CACHE_SECONDS`` at most: one per
+    process, created at start-up, kept true by ``watch`` (a task of the process). Keys
+    are looked up through the request's session (``find_active``) or, for the lean
+    paths, on the plain pool (``find_plain``).
+
+    A lookup races a revocation: it may read the row just before the revocation commits
+    and remember it just after. ``invalidate`` (before the revocation commits and again
+    once it has, and whenever the revision changes) therefore drops the key, drops the
+    shared lookups in flight, and moves the epoch on: a lookup remembers what it read
+    only if no invalidation happened since it began."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._keys: dict[str, tuple[float, ApiKey]] = {}
-        # Lookups on the plain pool in flight, by digest: when a key's entry expires
-        # under load, the requests that find it expired share one query.
-        self._lookups: dict[str, asyncio.Task[ApiKey | None]] = {}
+        # Lookups on the plain pool in flight, by digest, with the epoch they began in:
+        # when a key's entry expires under load, the requests that find it expired
+        # share one query.
+        self._lookups: dict[str, tuple[int, asyncio.Task[ApiKey | None]]] = {}
+        self._epoch = 0
+        self._revision: tuple[object, ...] | None = None
+        self._checked_at = -math.inf  # when the last revision check that answered began
 
     def active(self, secret: str) -> ApiKey | None:
         """The key of ``secret`` when it is remembered as active, else None (which says
         nothing: ``find_active`` and ``find_plain`` ask the database)."""
+        now = time.monotonic()
+        if now - self._checked_at > FRESH_SECONDS:
+            return None  # revocations elsewhere may not have been seen
         cached = self._keys.get(hash_secret(secret))
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and cached[0] > now:
             key = cached[1]
             if key.expires_at is None or key.expires_at > datetime.now(UTC):
                 return key
         return None
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
     async def find_plain(self, secret: str) -> ApiKey | None:
-        """``find_active`` on the plain asyncpg pool (the lean assignment path): the same
-        query and the same cache."""
+        """``find_active`` on the plain asyncpg pool (the lean paths): the same query and
+        the same cache."""
         if (key := self.active(secret)) is not None:
             return key
         digest = hash_secret(secret)
-        lookup = self._lookups.get(digest)
-        if lookup is None:
-            lookup = asyncio.create_task(self._find_plain(digest))
-            self._lookups[digest] = lookup
-            lookup.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        shared = self._lookups.get(digest)
+        if shared is None or shared[0] != self._epoch:
+            lookup = asyncio.create_task(self._find_plain(digest, self._epoch))
+            self._lookups[digest] = (self._epoch, lookup)
+            lookup.add_done_callback(lambda done: self._lookup_done(digest, done))
+        else:
+            lookup = shared[1]
         # Shielded: a request that goes away does not cancel the others' lookup.
         return await asyncio.shield(lookup)
 
-    async def _find_plain(self, digest: str) -> ApiKey | None:
+    def _lookup_done(self, digest: str, done: "asyncio.Task[ApiKey | None]") -> None:
+        shared = self._lookups.get(digest)
+        if shared is not None and shared[1] is done:
+            del self._lookups[digest]
+
+    async def _find_plain(self, digest: str, epoch: int) -> ApiKey | None:
         now = time.monotonic()
         async with self._pool.acquire() as connection:
             found = await connection.fetchrow(_FIND_PLAIN, digest)
         key = None if found is None else ApiKey(**dict(found))
-        self.remember(digest, key, now)
+        self.remember(digest, key, now, epoch)
         return key
 
-    def remember(self, digest: str, key: ApiKey | None, now: float) -> None:
-        """What a lookup started at ``now`` found for ``digest`` (None: no active key)."""
+    def remember(self, digest: str, key: ApiKey | None, now: float, epoch: int) -> None:
+        """What a lookup that began at ``now`` in ``epoch`` found for ``digest`` (None: no
+        active key); forgotten at once if an invalidation came in between."""
         if key is None:
-            self.forget(digest)
+            self._keys.pop(digest, None)
+            return
+        if epoch != self._epoch:
             return
         if len(self._keys) >= _CACHE_SIZE:
             self._keys.clear()
         self._keys[digest] = (now + CACHE_SECONDS, key)
 
-    def forget(self, digest: str) -> None:
-        self._keys.pop(digest, None)
+    def invalidate(self, digest: str | None = None) -> None:
+        """Forget ``digest`` (every key without one), and every lookup in flight."""
+        self._epoch += 1
+        if digest is None:
+            self._keys.clear()
+        else:
+            self._keys.pop(digest, None)
+        self._lookups.clear()
 
     def clear(self) -> None:
-        self._keys.clear()
+        self.invalidate()
+
+    async def check(self) -> None:
+        """One revision check: any key revoked since the last one empties the cache."""
+        began = time.monotonic()
+        async with self._pool.acquire() as connection:
+            revision = tuple(await connection.fetchrow(_REVISION))
+        if revision != self._revision:
+            if self._revision is not None:
+                self.invalidate()
+            self._revision = revision
+        self._checked_at = began
+
+    async def watch(self) -> None:
+        """``check`` every ``REVISION_SECONDS`` until cancelled. While the database does
+        not answer, nothing remembered is trusted (every request asks it)."""
+        while True:
+            try:
+                await self.check()
+            except Exception as exc:  # the database away: logged, tried again
+                logger.warning("could not check for revoked API keys: %s", type(exc).__name__)
+            await asyncio.sleep(REVISION_SECONDS)
 
 
 async def _key_cache(request: Request) -> KeyCache:
@@ -133,11 +200,11 @@ async def find_active(session: AsyncSession, *, secret: str, cache: KeyCache) ->
     if (key := cache.active(secret)) is not None:
         return key
     digest = hash_secret(secret)
-    now = time.monotonic()
+    now, epoch = time.monotonic(), cache.epoch
     stmt = select(ApiKey).where(ApiKey.secret_sha256 == digest, *_active())
     found = (await session.execute(stmt)).scalar_one_or_none()
     snapshot = None if found is None else _snapshot(found)
-    cache.remember(digest, snapshot, now)
+    cache.remember(digest, snapshot, now, epoch)
     return snapshot
 
 
@@ -193,7 +260,14 @@ async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID, cache: Key
         )
     key.revoked_at = datetime.now(UTC)
     await session.flush()
-    cache.forget(key.secret_sha256)
+    # Forgotten now, and again once the revocation has committed: a lookup in between
+    # still reads the key active, and must not be remembered (see KeyCache). The
+    # request's session commits before the answer is sent.
+    digest = key.secret_sha256
+    cache.invalidate(digest)
+    event.listen(
+        session.sync_session, "after_commit", lambda _: cache.invalidate(digest), once=True
+    )
     return key
 
 

@@ -2,7 +2,7 @@
 the code list
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-30 08:30:00
 """
 

@@ -1,4 +1,5 @@
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -180,3 +181,42 @@ async def test_api_keys_paginate(client: httpx.AsyncClient) -> None:
     names = [k["name"] for k in first["items"] + second["items"]]
     assert len(names) == len(set(names)) == 5  # four plus the test admin
     assert second["next_cursor"] is None
+
+
+async def test_a_lookup_that_raced_the_revocation_is_not_remembered(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Issue 14: a lookup that read the key while its revocation was committing must not
+    put it back in the cache: once the revocation answered, the key is refused."""
+    created = (await client.post("/v1/api-keys", json={"name": "k", "scopes": ["assign"]})).json()
+    cache = app.state.key_cache
+    digest = hashlib.sha256(created["secret"].encode()).hexdigest()
+    began, epoch = time.monotonic(), cache.epoch
+    found = await cache.find_plain(created["secret"])  # read while the key is active
+    assert found is not None
+    assert (await client.delete(f"/v1/api-keys/{created['id']}")).status_code == 204
+    cache.remember(digest, found, began, epoch)  # ... and remembered after it answered
+    assert cache.active(created["secret"]) is None
+    assert await cache.find_plain(created["secret"]) is None
+
+
+async def test_a_revocation_elsewhere_empties_the_cache_at_the_next_check(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Another instance revoked the key (straight in the database): this process stops
+    trusting what it remembered at its next revision check (every 0.5 s)."""
+    created = (await client.post("/v1/api-keys", json={"name": "k", "scopes": ["assign"]})).json()
+    cache = app.state.key_cache
+    for _ in range(20):  # the process's own check may empty the cache meanwhile: again
+        await cache.check()
+        assert await cache.find_plain(created["secret"]) is not None
+        if cache.active(created["secret"]) is not None:
+            break
+    assert cache.active(created["secret"]) is not None
+    async with app.state.engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE api_keys SET revoked_at = now() WHERE id = :id"), {"id": created["id"]}
+        )
+    await cache.check()
+    assert cache.active(created["secret"]) is None
+    assert await cache.find_plain(created["secret"]) is None

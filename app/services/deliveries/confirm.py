@@ -11,9 +11,11 @@ confirming again starts from a clean state and never gives anyone a second code.
 messages can only be exported once the delivery is ``finished``, so a code taken back
 was never sent.
 
-A running confirm holds a session-scoped advisory lock (``locks.Namespace.CONFIRM``) on
-its connection: a delivery ``sending`` whose lock is free was left by a process that is
-gone. ``Confirmations`` is the process object (created at start-up) that runs them."""
+A running confirm holds an advisory lock (``locks.Namespace.CONFIRM``), ``locks.Held``
+by a transaction on a connection of its own for as long as it runs (transaction-scoped,
+so it works through PgBouncer): a delivery ``sending`` whose lock is free was left by a
+process that is gone. ``Confirmations`` is the process object (created at start-up)
+that runs them."""
 
 import asyncio
 import contextlib
@@ -57,8 +59,8 @@ class _RetryFromStart(Exception):
 
 
 def _lock_name(delivery_id: uuid.UUID) -> str:
-    """The advisory lock a running confirm holds on its connection; it is free again the
-    moment that connection ends, so a crashed confirm is recognised as such."""
+    """The advisory lock a running confirm holds; it is free again the moment the
+    holding connection ends, so a crashed confirm is recognised as such."""
     return locks.name(locks.Namespace.CONFIRM, delivery_id)
 
 
@@ -90,15 +92,15 @@ class Confirmations:
     async def _recover(self) -> None:
         async with self.pool.acquire() as connection:
             for stale in await connection.fetch(sql.SENDING):
-                if await connection.fetchval(locks.TRY_SESSION_LOCK, _lock_name(stale["id"])):
-                    try:
-                        row = await connection.fetchrow(sql.RUN, stale["id"])
-                        if row is not None:
-                            await _fail(
-                                connection, run_of(row), "interrupted: the service restarted"
-                            )
-                    finally:
-                        await connection.execute(locks.SESSION_UNLOCK, _lock_name(stale["id"]))
+                held = await locks.hold(self.pool, _lock_name(stale["id"]), wait=False)
+                if held is None:
+                    continue
+                try:
+                    row = await connection.fetchrow(sql.RUN, stale["id"])
+                    if row is not None:
+                        await _fail(connection, run_of(row), "interrupted: the service restarted")
+                finally:
+                    await held.release()
 
     async def confirm(
         self, *, delivery_id: str, actor: ApiKey, wait: float
@@ -108,17 +110,28 @@ class Confirmations:
         delivery_key = key(delivery_id)
         running = self.tasks.get(delivery_key)
         if running is None:
-            connection: asyncpg.Connection = await self.pool.acquire()
+            held = await locks.hold(self.pool, _lock_name(delivery_key), wait=False)
+            if held is None:  # confirming elsewhere
+                status = await self.pool.fetchval(sql.STATUS, delivery_key)
+                if status is None:
+                    raise NotFound(f"No delivery has the id '{delivery_key}'.")
+                return delivery_key, bool(status != DeliveryStatus.sending)
+            try:
+                connection: asyncpg.Connection = await self.pool.acquire()
+            except BaseException:
+                await held.release()
+                raise
             try:
                 started = await _begin(connection, delivery_key, actor)
             except BaseException:
                 await self.pool.release(connection)
+                await held.release()
                 raise
-            if started is None:  # finished already, or running elsewhere
+            if started is None:  # finished already
                 await self.pool.release(connection)
-                status = await self.pool.fetchval(sql.STATUS, delivery_key)
-                return delivery_key, bool(status != DeliveryStatus.sending)
-            running = asyncio.create_task(self._work(connection, started))
+                await held.release()
+                return delivery_key, True
+            running = asyncio.create_task(self._work(connection, held, started))
             self.tasks[delivery_key] = running
             running.add_done_callback(lambda _: self.tasks.pop(delivery_key, None))
         try:
@@ -127,7 +140,7 @@ class Confirmations:
             return delivery_key, False
         return delivery_key, True
 
-    async def _work(self, connection: asyncpg.Connection, run: Run) -> None:
+    async def _work(self, connection: asyncpg.Connection, held: locks.Held, run: Run) -> None:
         try:
             try:
                 await self._claim_all(connection, run)
@@ -142,18 +155,16 @@ class Confirmations:
                 logger.exception("confirm of delivery %s failed", run.delivery_id)
                 await _fail(connection, run, f"error: {type(exc).__name__}")
         except Exception:
-            # The database is gone: the lock goes with the connection, and the next
+            # The database is gone: the lock goes with its connection, and the next
             # start (or confirm) finds the delivery sending with a free lock.
             logger.exception("could not record the end of delivery %s", run.delivery_id)
             connection.terminate()
         finally:
-            if not connection.is_closed():
-                await connection.execute(sql.UNLOCK_ALL)
             await self.pool.release(connection)
+            await held.release()
 
     async def _claim_all(self, connection: asyncpg.Connection, run: Run) -> None:
-        """On the run's own connection (which holds its lock) and on ``workers - 1``
-        more from the pool."""
+        """On the run's own connection and on ``workers - 1`` more from the pool."""
         async with contextlib.AsyncExitStack() as stack:
             extra = [
                 await stack.enter_async_context(self.pool.acquire())
@@ -197,31 +208,22 @@ async def confirm_delivery(
 async def _begin(
     connection: asyncpg.Connection, delivery_key: uuid.UUID, actor: ApiKey
 ) -> Run | None:
-    """Take the delivery's lock, check it can be confirmed, and mark it ``sending``.
-    None when there is nothing to start: finished, or confirming in another process."""
-    if not await connection.fetchval(locks.TRY_SESSION_LOCK, _lock_name(delivery_key)):
-        if await connection.fetchval(sql.EXISTS, delivery_key) is None:
+    """With the delivery's lock held: check it can be confirmed, and mark it ``sending``.
+    None when there is nothing to start (finished)."""
+    async with connection.transaction():
+        row = await connection.fetchrow(sql.DELIVERY_FOR_START, delivery_key)
+        if row is None:
             raise NotFound(f"No delivery has the id '{delivery_key}'.")
-        return None
-    try:
-        async with connection.transaction():
-            row = await connection.fetchrow(sql.DELIVERY_FOR_START, delivery_key)
-            if row is None:
-                raise NotFound(f"No delivery has the id '{delivery_key}'.")
-            delivery, run = _plain_delivery(row), run_of(row)
-            if delivery.status == DeliveryStatus.finished:
-                await connection.execute(locks.SESSION_UNLOCK, _lock_name(delivery_key))
-                return None
-            coupon_set = await _coupon_set(connection, delivery.coupon_set_id)
-            if delivery.status == DeliveryStatus.sending:
-                # Sending, but nobody holds its lock: the process that ran it is gone.
-                await give_back(connection, run, None, "interrupted: confirm run again")
-            run.last_seq = await _check_and_start(connection, delivery, coupon_set, actor)
-            run.api_key_id = actor.id
-        return run
-    except BaseException:
-        await connection.execute(locks.SESSION_UNLOCK, _lock_name(delivery_key))
-        raise
+        delivery, run = _plain_delivery(row), run_of(row)
+        if delivery.status == DeliveryStatus.finished:
+            return None
+        coupon_set = await _coupon_set(connection, delivery.coupon_set_id)
+        if delivery.status == DeliveryStatus.sending:
+            # Sending, but nobody holds its lock: the process that ran it is gone.
+            await give_back(connection, run, None, "interrupted: confirm run again")
+        run.last_seq = await _check_and_start(connection, delivery, coupon_set, actor)
+        run.api_key_id = actor.id
+    return run
 
 
 def _plain(row: asyncpg.Record) -> dict[str, Any]:

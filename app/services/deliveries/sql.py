@@ -113,11 +113,9 @@ USED_UP_TARGETS = """
 # The deliveries a process left ``sending``; each is checked against its advisory lock.
 SENDING = "SELECT id FROM deliveries WHERE status = 'sending'"
 
-# A confirm request that found another one running (elsewhere) asks only whether it ended.
+# A confirm request that found another one running (elsewhere) asks only whether it ended
+# (no row: no such delivery).
 STATUS = "SELECT status FROM deliveries WHERE id = $1"
-
-# Tells "no such delivery" from "its confirm runs elsewhere" when the lock is taken.
-EXISTS = "SELECT 1 FROM deliveries WHERE id = $1"
 
 # The start of a confirm: the delivery's row, locked for the transaction that checks it
 # and marks it sending (so a PATCH or new targets wait), with what RUN adds to it. The
@@ -307,9 +305,6 @@ UPDATE deliveries SET status = 'failed', failure_reason = $2, processed = 0,
     assigned = 0, kept = 0, updated_at = now()
 WHERE id = $1
 """
-
-# The confirm's connection goes back to the pool without any lock it may still hold.
-UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
 
 # ---------------------------------------------------------------------------- failures
 

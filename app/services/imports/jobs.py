@@ -3,8 +3,10 @@ leaves behind.
 
 This module takes plain asyncpg connections from the driver pool and opens transactions
 on them (as copy.py and merge.py do; nothing else outside the ORM session may). A job
-owns one connection from its start to its end; a session advisory lock on the job's id,
-held on that connection, tells a running job from one whose process died."""
+owns one connection from its start to its end, a session of its own (DATABASE_DIRECT_URL
+behind PgBouncer: the rows are staged in a temporary table of that session); an advisory
+lock on the job's id, ``Held`` by a transaction on another connection as long as the job
+runs, tells a running job from one whose process died."""
 
 import hashlib
 import json
@@ -66,10 +68,7 @@ async def load(conn: asyncpg.Connection, job_id: uuid.UUID) -> ImportJob:
 
 async def _alive(conn: asyncpg.Connection, job_id: uuid.UUID) -> bool:
     """Whether a process still runs the job: its connection holds the job's lock."""
-    if await conn.fetchval(locks.TRY_SESSION_LOCK, _lock(job_id)):
-        await conn.fetchval(locks.SESSION_UNLOCK, _lock(job_id))
-        return False
-    return True
+    return not await locks.is_free(conn, _lock(job_id))
 
 
 async def recover_interrupted(pool: asyncpg.Pool) -> int:
@@ -133,8 +132,14 @@ class Job:
         options: ImportOptions,
         actor: ApiKey,
         idempotency_key: str | None,
+        *,
+        lock_pool: asyncpg.Pool | None = None,
     ) -> None:
+        """``conn`` comes from ``pool``; the job's lock is held on a connection of
+        ``lock_pool`` (default: ``pool``)."""
         self.conn, self.pool, self.id = conn, pool, uuid.uuid4()
+        self.lock_pool = lock_pool or pool
+        self.held: locks.Held | None = None
         self.coupon_set, self.options, self.actor = coupon_set, options, actor
         self.idempotency_key = idempotency_key
         self.rows_read = 0
@@ -143,7 +148,7 @@ class Job:
     async def begin(self, filename: str | None) -> None:
         """Takes the job's lock, inserts its row (committed at once) and creates the
         staging table on the job's connection."""
-        await self.conn.fetchval(locks.SESSION_LOCK, _lock(self.id))
+        self.held = await locks.hold(self.lock_pool, _lock(self.id))
         await self.conn.execute(
             sql.INSERT_JOB,
             self.id,
@@ -301,9 +306,10 @@ class Job:
         try:
             if not self.conn.is_closed():
                 await self.conn.execute(sql.DROP_STAGING)
-                await self.conn.fetchval(locks.SESSION_UNLOCK, _lock(self.id))
         except Exception:
             logger.exception("closing the connection of import job %s", self.id)
             self.conn.terminate()
         finally:
             await self.pool.release(self.conn)
+            if self.held is not None:
+                await self.held.release()

@@ -1,8 +1,9 @@
 """What the routes call: start an import, read the history. ``ImportRunner``, created at
 start-up, owns the merges that run on after their request has been answered.
 
-A job's connection is taken from the driver pool here and handed to the job (jobs.py),
-whose modules open its transactions; the reads use the request's session."""
+A job's connection is taken here, from the session pool (DATABASE_DIRECT_URL behind
+PgBouncer; else the driver pool), and handed to the job (jobs.py), whose modules open its
+transactions; the reads use the request's session."""
 
 import asyncio
 import logging
@@ -54,8 +55,15 @@ class ImportRunner:
     """The imports of this process: started on the driver pool, merged in the background
     when large; shutdown waits for those merges before the pool closes."""
 
-    def __init__(self, pool: asyncpg.Pool, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        session_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.pool = pool
+        self.session_pool = session_pool or pool
         self.sessionmaker = sessionmaker
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -94,10 +102,18 @@ class ImportRunner:
             )
             if replayed is not None:
                 return replayed
-        conn: asyncpg.Connection = await self.pool.acquire()
+        conn: asyncpg.Connection = await self.session_pool.acquire()
         # The upload as received, on disk, in case the fast path gives way to the staged one.
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-        job = Job(conn, self.pool, coupon_set, options, actor, idempotency_key)
+        job = Job(
+            conn,
+            self.session_pool,
+            coupon_set,
+            options,
+            actor,
+            idempotency_key,
+            lock_pool=self.pool,
+        )
         handed_over = False
         try:
             rows: Rows = (
