@@ -13,6 +13,7 @@ from app.models.idempotency import IdempotencyRecord
 from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
 from app.models.redemption import Redemption
+from app.models.ui_session import UiSession
 from app.models.usage import SetUsage
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "Redemption",
     "SetUsage",
     "SharedAssignment",
+    "UiSession",
 ]

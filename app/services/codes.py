@@ -392,3 +392,24 @@ async def pool_stock(
         counts[status] = count
         counts["total"] += count
     return stock
+
+
+async def set_stock(
+    session: AsyncSession, *, set_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, int]]:
+    """Codes per set and status, {set_id: {"available": n, ..., "total": n}}, for a page
+    of the set list (the dashboard's stock bars): one grouped count, by
+    ``ix_codes_set_id_id`` (every code of those sets)."""
+    if not set_ids:
+        return {}
+    stmt = (
+        select(Code.set_id, Code.status, func.count())
+        .where(Code.set_id.in_(set_ids))
+        .group_by(Code.set_id, Code.status)
+    )
+    stock: dict[uuid.UUID, dict[str, int]] = {}
+    for set_id, status, count in (await session.execute(stmt)).all():
+        counts = stock.setdefault(set_id, {s.value: 0 for s in CodeStatus} | {"total": 0})
+        counts[status] = count
+        counts["total"] += count
+    return stock

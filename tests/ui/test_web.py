@@ -1,0 +1,158 @@
+"""The dashboard without a browser: sessions, cookies, CSRF, security headers and
+scopes, through the app in-process (tests/ui/test_browser.py drives a real Chromium)."""
+
+import re
+from datetime import timedelta
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from tests.conftest import ADMIN_SECRET
+from tests.helpers import create_set
+
+
+def ui_client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://test",
+    )
+
+
+async def sign_in(http: httpx.AsyncClient, secret: str = ADMIN_SECRET) -> httpx.Response:
+    page = await http.get("/ui/sign-in")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    return await http.post(
+        "/ui/sign-in", data={"api_key": secret, "csrf": csrf.group(1), "next": "/ui/sets"}
+    )
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_pages_need_a_session_and_send_security_headers(app: FastAPI) -> None:
+    async with ui_client(app) as http:
+        answer = await http.get("/ui/sets?q=x")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/ui/sign-in?next=%2Fui%2Fsets%3Fq%3Dx"
+        page = await http.get("/ui/sign-in")
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        nonce = re.search(r"'nonce-([^']+)'", csp)
+        assert nonce is not None
+        assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert f'nonce="{nonce.group(1)}"' in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["referrer-policy"] == "no-referrer"
+        # Every script the page loads is the service's own.
+        assert re.findall(r'<script src="([^"]+)"', page.text) == ["/ui/static/app.js"]
+        assert "http" not in "".join(re.findall(r'(?:src|href)="([^"]+)"', page.text))
+
+
+async def test_sign_in_sets_a_strict_http_only_cookie(app: FastAPI) -> None:
+    async with ui_client(app) as http:
+        answer = await sign_in(http)
+        assert answer.status_code == 303 and answer.headers["location"] == "/ui/sets"
+        cookie = next(
+            c for c in answer.headers.get_list("set-cookie") if c.startswith("coupons_ui=")
+        )
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+        assert "Secure" not in cookie  # plain http here; https adds it
+        sets = await http.get("/ui/sets")
+        assert sets.status_code == 200 and "Coupon sets" in sets.text
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://test"
+    ) as secure:
+        answer = await sign_in(secure)
+        cookie = next(
+            c for c in answer.headers.get_list("set-cookie") if c.startswith("coupons_ui=")
+        )
+        assert "Secure" in cookie
+
+
+async def test_a_wrong_key_or_a_forged_sign_in_is_refused(app: FastAPI) -> None:
+    async with ui_client(app) as http:
+        assert (await sign_in(http, "cpn_nope")).status_code == 401
+        forged = await http.post(
+            "/ui/sign-in", data={"api_key": ADMIN_SECRET, "csrf": "forged", "next": "/ui/sets"}
+        )
+        assert forged.status_code == 403
+        assert "coupons_ui=" not in forged.headers.get("set-cookie", "")
+
+
+async def test_forms_without_the_csrf_token_change_nothing(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await create_set(client, key="spring")
+    async with ui_client(app) as http:
+        await sign_in(http)
+        page = await http.get("/ui/sets/spring")
+        token = csrf_of(page.text)
+        refused = await http.post("/ui/sets/spring/paste", data={"codes": "A1\nA2"})
+        assert refused.status_code == 403
+        wrong = await http.post("/ui/sets/spring/paste", data={"codes": "A1", "csrf": "x" + token})
+        assert wrong.status_code == 403
+        assert (await client.get("/v1/coupon-sets/spring/codes")).json()["items"] == []
+        done = await http.post("/ui/sets/spring/paste", data={"codes": "A1\nA2", "csrf": token})
+        assert done.status_code == 303
+        codes = (await client.get("/v1/coupon-sets/spring/codes")).json()["items"]
+        assert sorted(c["code"] for c in codes) == ["A1", "A2"]
+        shown = await http.get("/ui/sets/spring")
+        assert "2 accepted" in shown.text  # the one-time message
+        assert "2 accepted" not in (await http.get("/ui/sets/spring")).text
+
+
+async def test_a_revoked_key_ends_its_sessions(app: FastAPI, client: httpx.AsyncClient) -> None:
+    created = await client.post("/v1/api-keys", json={"name": "m", "scopes": ["read"]})
+    async with ui_client(app) as http:
+        await sign_in(http, created.json()["secret"])
+        assert (await http.get("/ui/sets")).status_code == 200
+        await client.delete(f"/v1/api-keys/{created.json()['id']}")
+        assert (await http.get("/ui/sets")).status_code == 303
+    async with app.state.engine.connect() as connection:
+        left = await connection.execute(text("SELECT count(*) FROM ui_sessions"))
+        assert left.scalar_one() == 0
+
+
+async def test_a_session_idle_for_8_hours_is_over(app: FastAPI) -> None:
+    async with ui_client(app) as http:
+        await sign_in(http)
+        async with app.state.engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE ui_sessions SET last_seen_at = now() - make_interval(secs => :idle)"),
+                {"idle": timedelta(hours=8, seconds=1).total_seconds()},
+            )
+        assert (await http.get("/ui/sets")).status_code == 303
+
+
+async def test_sign_out_ends_the_session(app: FastAPI) -> None:
+    async with ui_client(app) as http:
+        await sign_in(http)
+        page = await http.get("/ui/sets")
+        out = await http.post("/ui/sign-out", data={"csrf": csrf_of(page.text)})
+        assert out.status_code == 303 and out.headers["location"] == "/ui/sign-in"
+        assert (await http.get("/ui/sets")).status_code == 303
+
+
+async def test_scopes_apply_as_in_the_api(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await create_set(client, key="spring")
+    created = await client.post("/v1/api-keys", json={"name": "r", "scopes": ["read"]})
+    async with ui_client(app) as http:
+        await sign_in(http, created.json()["secret"])
+        page = await http.get("/ui/sets/spring")
+        assert page.status_code == 200 and "Generate codes" not in page.text
+        token = csrf_of(page.text)
+        refused = await http.post("/ui/sets/spring/paste", data={"codes": "A1", "csrf": token})
+        assert refused.status_code == 403
+        assert (await http.get("/ui/api-keys")).status_code == 403
+        assert (await http.get("/ui/sets/spring/export")).status_code == 403
+
+
+async def test_next_never_leaves_the_dashboard(app: FastAPI) -> None:
+    async with ui_client(app) as http:
+        page = await http.get("/ui/sign-in?next=https://evil.example/")
+        assert 'name="next" value="/ui/sets"' in page.text
