@@ -3,7 +3,7 @@ import (file or pasted list) with its history, the set's deliveries and export."
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -53,14 +53,14 @@ async def set_list(
     session: Session,
     login: Login,
     q: Annotated[str | None, Query(max_length=200)] = None,
-    kind: SetKind | None = None,
-    status: SetStatus | None = None,
+    kind: SetKind | Literal[""] | None = None,
+    status: SetStatus | Literal[""] | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     require(login, Scope.read)
     params = PageParams(limit=PAGE, cursor=cursor)
     rows = await coupon_sets.list_coupon_sets(
-        session, q=q or None, kind=kind, status=status, params=params
+        session, q=q or None, kind=kind or None, status=status or None, params=params
     )
     shown = rows[:PAGE]
     stock = await codes.set_stock(
@@ -76,8 +76,8 @@ async def set_list(
         bars={s.id: charts.stock_bar(stock.get(s.id)) for s in shown},
         stats=stats,
         q=q or "",
-        kind=kind.value if kind else "",
-        status=status.value if status else "",
+        kind=kind.value if isinstance(kind, SetKind) else "",
+        status=status.value if isinstance(status, SetStatus) else "",
         next_cursor=encode_cursor(shown[-1]) if len(rows) > PAGE else None,
         kinds=[k.value for k in SetKind],
         statuses=[s.value for s in SetStatus],
@@ -90,7 +90,7 @@ async def set_page(
     set_id: str,
     session: Session,
     login: Login,
-    code_status: CodeStatus | None = None,
+    code_status: CodeStatus | Literal[""] | None = None,
     code_pool: Annotated[str | None, Query(max_length=200)] = None,
     code_recipient: Annotated[str | None, Query(max_length=200)] = None,
     code_cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -106,7 +106,7 @@ async def set_page(
         found = await codes.list_codes(
             session,
             coupon_set=coupon_set,
-            status=code_status,
+            status=code_status or None,
             pool=code_pool or None,
             recipient_id=code_recipient or None,
             params=params,
@@ -149,7 +149,7 @@ async def set_page(
         tz=tz,
         codes=code_rows,
         next_codes=next_codes,
-        code_status=code_status.value if code_status else "",
+        code_status=code_status.value if isinstance(code_status, CodeStatus) else "",
         code_pool=code_pool or "",
         code_recipient=code_recipient or "",
         statuses=[s.value for s in CodeStatus],

@@ -86,7 +86,15 @@
       xhr.onload = function () {
         var next = null;
         try { next = JSON.parse(xhr.responseText).location; } catch (e) { /* an error page */ }
-        if (next) { window.location.assign(next); } else { document.open(); document.write(xhr.responseText); document.close(); }
+        if (next) {
+          var target = new URL(next, window.location.href);
+          if (target.pathname + target.search === window.location.pathname + window.location.search) {
+            window.location.hash = target.hash;  // the same page: load it again
+            window.location.reload();
+          } else {
+            window.location.assign(target.href);
+          }
+        } else { document.open(); document.write(xhr.responseText); document.close(); }
       };
       xhr.onerror = function () { text.textContent = "The upload failed: check the connection and try again."; };
       xhr.send(new FormData(form));
