@@ -1,7 +1,6 @@
 """A delivery's page: targets, the analysis with its shortfall, a preview, confirm with
 live progress, failures and the messages download."""
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -15,7 +14,18 @@ from app.models.delivery import DeliveryStatus
 from app.pagination import PageParams, next_id_cursor
 from app.schemas.delivery import DeliveryUpdate, Preview
 from app.services import deliveries
-from app.ui.web import PREFIX, FormLogin, Login, UiRoute, done, field, refused, render, require
+from app.ui.web import (
+    PREFIX,
+    FormLogin,
+    Login,
+    UiRoute,
+    done,
+    field,
+    one_chunk,
+    refused,
+    render,
+    require,
+)
 
 router = APIRouter(prefix=f"{PREFIX}/deliveries", include_in_schema=False, route_class=UiRoute)
 
@@ -83,10 +93,6 @@ async def progress(delivery_id: str, session: Session, login: Login) -> JSONResp
     )
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
-    yield body
-
-
 @router.post("/{delivery_id}/recipients")
 async def add_targets(delivery_id: str, session: Session, posted: FormLogin) -> Response:
     """Targets pasted as CSV (a header row with recipient_id, address, fields…)."""
@@ -98,7 +104,7 @@ async def add_targets(delivery_id: str, session: Session, posted: FormLogin) -> 
     try:
         async with session.begin_nested():
             added = await deliveries.add_targets_csv(
-                session, delivery_id=delivery_id, chunks=_once(text.encode() + b"\n")
+                session, delivery_id=delivery_id, chunks=one_chunk(text.encode() + b"\n")
             )
     except AppError as exc:
         return await refused(session, login, _back(delivery_id, "#targets"), exc)

@@ -2,7 +2,6 @@
 import (file or pasted list) with its history, the set's deliveries and export."""
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -30,6 +29,7 @@ from app.ui.web import (
     csrf_ok,
     done,
     field,
+    one_chunk,
     refused,
     render,
     require,
@@ -262,10 +262,6 @@ async def import_file(
     return answer
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
-    yield body
-
-
 @router.post("/{set_id}/paste")
 async def import_pasted(
     set_id: str, session: Session, posted: FormLogin, runner: imports.Runner
@@ -289,7 +285,7 @@ async def import_pasted(
             coupon_set=coupon_set,
             options=options,
             filename=None,
-            chunks=_once(text.encode()),
+            chunks=one_chunk(text.encode()),
             late_fields=list,
             actor=login.key,
             idempotency_key=None,
