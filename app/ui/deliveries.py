@@ -162,14 +162,17 @@ async def confirm(
     require(login, Scope.write)
     try:
         async with session.begin_nested():
-            delivery, _ = await deliveries.confirm_delivery(
-                session, confirmations, delivery_id=delivery_id, actor=login.key, wait=0.5
+            delivery, settled = await deliveries.confirm_delivery(
+                session, confirmations, delivery_id=delivery_id, actor=login.key, wait=0
             )
     except AppError as exc:
         return await refused(session, login, _back(delivery_id, "#analysis"), exc)
-    return await done(
-        session, login, _back(delivery_id, "#status"), f"Confirm started: {delivery.status}."
+    message = (
+        f"Confirmed: {delivery.assigned:,} codes handed out."
+        if settled
+        else "Confirm started: its progress shows below."
     )
+    return await done(session, login, _back(delivery_id, "#status"), message)
 
 
 @router.post("/{delivery_id}/failures")
