@@ -199,7 +199,7 @@ async def failures(delivery_id: str, session: Session, posted: FormLogin) -> Res
         session,
         login,
         _back(delivery_id, "#failures"),
-        f"{recorded.returned:,} codes returned to the pool.{unknown}",
+        f"Codes returned to the pool: {recorded.returned:,}.{unknown}",
     )
 
 

@@ -163,3 +163,77 @@ async def test_next_never_leaves_the_dashboard(app: FastAPI) -> None:
     async with ui_client(app) as http:
         page = await http.get("/ui/sign-in?next=https://evil.example/")
         assert 'name="next" value="/ui/sets"' in page.text
+
+
+async def test_generate_export_and_errors_csv_through_the_pages(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await create_set(client, key="spring")
+    async with ui_client(app) as http:
+        await sign_in(http)
+        token = csrf_of((await http.get("/ui/sets/spring")).text)
+        made = await http.post(
+            "/ui/sets/spring/generate",
+            data={"csrf": token, "count": "5", "pattern": "", "length": "12", "pool": "default"},
+        )
+        assert made.status_code == 303
+        assert "Generated 5 codes" in (await http.get("/ui/sets/spring")).text
+        bad = await http.post(
+            "/ui/sets/spring/generate", data={"csrf": token, "count": "0", "length": "12"}
+        )
+        assert bad.status_code == 303
+        assert "count" in (await http.get("/ui/sets/spring")).text
+        export = await http.get("/ui/sets/spring/export?format=csv")
+        assert export.status_code == 200
+        assert len(export.text.strip().splitlines()) == 6  # header + 5 codes
+        files = {"file": ("codes.csv", b"code\nX1\nX1\n", "text/csv")}
+        unsigned = await http.post("/ui/sets/spring/imports", files=files)
+        assert unsigned.status_code == 403
+        imported = await http.post("/ui/sets/spring/imports", data={"csrf": token}, files=files)
+        assert imported.status_code == 303
+        page = (await http.get("/ui/sets/spring")).text
+        job = re.search(r"/ui/sets/spring/imports/([0-9a-f-]+)/errors\.csv", page)
+        assert job is not None
+        report = await http.get(job.group(0))
+        assert report.status_code == 200
+        assert "X1" in report.text
+
+
+async def test_a_delivery_through_the_pages(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await create_set(client, key="autumn")
+    await client.post("/v1/coupon-sets/autumn/codes", json={"codes": ["A1", "A2"]})
+    async with ui_client(app) as http:
+        await sign_in(http)
+        token = csrf_of((await http.get("/ui/sets/autumn")).text)
+        created = await http.post(
+            "/ui/sets/autumn/deliveries",
+            data={
+                "csrf": token,
+                "label": "Mailing",
+                "pool": "default",
+                "template": "{{ coupon.code }}",
+            },
+        )
+        assert created.status_code == 303
+        page = created.headers["location"]
+        targets = "recipient_id,address\nc-1,a@example.com\nc-2,b@example.com\nc-3,\n"
+        await http.post(f"{page}/recipients", data={"csrf": token, "csv": targets})
+        await http.post(f"{page}/analyze", data={"csrf": token})
+        shown = (await http.get(page)).text
+        assert "Not enough codes: 1 short" in shown
+        refused = await http.post(f"{page}/confirm", data={"csrf": "nope"})
+        assert refused.status_code == 403
+        await http.post(f"{page}/limit", data={"csrf": token, "message_limit": "2"})
+        await http.post(f"{page}/confirm", data={"csrf": token})
+        for _ in range(100):
+            progress = (await http.get(f"{page}/progress")).json()
+            if progress["status"] != "sending":
+                break
+        assert progress == {"status": "finished", "processed": 2, "messages": 2, "assigned": 2}
+        messages = await http.get(f"{page}/messages?format=csv")
+        assert messages.status_code == 200
+        assert "A1" in messages.text
+        await http.post(f"{page}/failures", data={"csrf": token, "recipient_ids": "c-1"})
+        assert "Codes returned to the pool: 1." in (await http.get(page)).text
+        preview = (await http.get(f"{page}?recipient_id=nobody")).text
+        assert 'role="alert"' in preview
