@@ -64,6 +64,7 @@ class Recipient:
 
 @dataclass(frozen=True)
 class Attempt:
+    id: str
     at: datetime
     event: str
     status_code: int | None
@@ -97,6 +98,14 @@ async def timeline(
     """Assignments and redemptions per day over the last ``days`` days, days in the
     browser's time zone ``tz`` (issue 16's timeline); None until it exists."""
     return None
+
+
+async def set_pool_threshold(
+    session: AsyncSession, key: ApiKey, coupon_set: CouponSet, pool: str, threshold: int | None
+) -> bool:
+    """Change a pool's low-stock threshold (issue 16, with the ``write`` scope); False
+    until thresholds exist."""
+    return False
 
 
 async def recipient(session: AsyncSession, key: ApiKey, recipient_id: str) -> Recipient | None:

@@ -212,6 +212,25 @@ async def create_pool(set_id: str, session: Session, posted: FormLogin) -> Respo
     return await done(session, login, _back(set_id, "#pools"), f"Pool {name} created.")
 
 
+@router.post("/{set_id}/pools/{pool}/threshold")
+async def pool_threshold(set_id: str, pool: str, session: Session, posted: FormLogin) -> Response:
+    login, form = posted
+    require(login, Scope.write)
+    coupon_set = await coupon_sets.get_coupon_set(session, set_id)
+    raw = field(form, "threshold")
+    if raw and not (raw.isdigit() and len(raw) <= 12):
+        return await done(session, login, _back(set_id, "#pools"), "A threshold is a number.")
+    try:
+        async with session.begin_nested():
+            changed = await data.set_pool_threshold(
+                session, login.key, coupon_set, pool, int(raw) if raw else None
+            )
+    except AppError as exc:
+        return await refused(session, login, _back(set_id, "#pools"), exc)
+    message = f"Threshold of {pool} saved." if changed else "Thresholds are not available yet."
+    return await done(session, login, _back(set_id, "#pools"), message)
+
+
 def _summary(job: object) -> str:
     return (
         f"Import {getattr(job, 'filename', None) or 'of a pasted list'}: "

@@ -64,6 +64,14 @@ class Ui:
         await self.page.get_by_role("button", name="Sign in").click()
         await self.page.wait_for_url("**/ui/sets")
 
+    async def fits_375px(self) -> None:
+        """The page is readable at 375 px: nothing wider than the screen (tables scroll
+        inside their own region)."""
+        await self.page.set_viewport_size({"width": 375, "height": 800})
+        wide = await self.page.evaluate("document.documentElement.scrollWidth")
+        await self.page.set_viewport_size({"width": 1280, "height": 900})
+        assert wide <= 375, f"{self.page.url} is {wide} px wide at 375 px"
+
     async def shot(self, name: str, *, full_page: bool = True) -> None:
         await self.page.screenshot(path=self.shots / f"{name}.png", full_page=full_page)
 

@@ -55,7 +55,7 @@ async def test_sections_render_what_their_functions_answer(
         return data.Recipient("c-1", [held], [data.ActivityEvent(now, "assign", "spring", "A1")])
 
     async def webhooks(*_: object) -> list[data.Webhook]:
-        attempt = data.Attempt(now, "code.assigned", 500, "server error")
+        attempt = data.Attempt("a-1", now, "code.assigned", 500, "server error")
         return [data.Webhook(uuid.uuid4(), "https://hooks.example/x", ["*"], True, [attempt])]
 
     for name, function in {
@@ -82,6 +82,8 @@ async def test_sections_render_what_their_functions_answer(
         hooks = (await http.get("/ui/webhooks")).text
         assert "https://hooks.example/x" in hooks
         assert "server error" in hooks
+        assert 'action="/ui/webhooks/attempts/a-1/retry"' in hooks
+        assert 'name="threshold"' in page
 
 
 def test_the_stock_bar_splits_100_by_status() -> None:
