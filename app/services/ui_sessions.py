@@ -57,21 +57,25 @@ async def sign_in(
 
 
 # One statement finds the session, checks its key is active and it was used within IDLE,
-# marks it used now, and takes its one-time message.
+# and takes its one-time message. It writes (and so locks the session's row until the
+# request commits) only when there is a message to take or the last use it noted is a
+# minute old: the requests of one browser (a page, its progress polls, a download) do not
+# wait for each other, and "idle" is counted to the minute.
 _KEY_COLUMNS = ", ".join(f"k.{name}" for name in ApiKey.__table__.columns.keys())  # noqa: SIM118
 _TOUCH = text(
     f"""
     WITH found AS (
-        SELECT s.token_sha256, s.flash
+        SELECT s.token_sha256, s.csrf_token, s.flash, s.last_seen_at, {_KEY_COLUMNS}
         FROM ui_sessions s JOIN api_keys k ON k.id = s.api_key_id
         WHERE s.token_sha256 = :digest AND s.last_seen_at > {_IDLE_SINCE}
           AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
-        FOR UPDATE OF s
+    ), touched AS (
+        UPDATE ui_sessions s SET last_seen_at = now(), flash = NULL
+        FROM found
+        WHERE s.token_sha256 = found.token_sha256
+          AND (found.flash IS NOT NULL OR found.last_seen_at < now() - interval '1 minute')
     )
-    UPDATE ui_sessions s SET last_seen_at = now(), flash = NULL
-    FROM found, api_keys k
-    WHERE s.token_sha256 = found.token_sha256 AND k.id = s.api_key_id
-    RETURNING s.csrf_token, found.flash, {_KEY_COLUMNS}
+    SELECT * FROM found
     """  # noqa: S608 (the model's column names)
 )
 
@@ -84,6 +88,7 @@ async def find(session: AsyncSession, *, token: str) -> UiLogin | None:
         return None
     values = row._asdict()
     csrf, flash = values.pop("csrf_token"), values.pop("flash")
+    del values["token_sha256"], values["last_seen_at"]
     return UiLogin(key=ApiKey(**values), token_sha256=digest(token), csrf_token=csrf, flash=flash)
 
 

@@ -15,6 +15,7 @@ from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Session
 from app.errors import AppError, Forbidden
@@ -185,7 +186,7 @@ def field(form: Mapping[str, Any], name: str) -> str:
 
 
 async def done(
-    session: Any, login: UiLogin, target: str, message: str | None = None
+    session: AsyncSession, login: UiLogin, target: str, message: str | None = None
 ) -> RedirectResponse:
     """Post/redirect/get: back to ``target``, with a one-time message."""
     if message:
