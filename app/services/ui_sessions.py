@@ -6,7 +6,7 @@ the key and requires it active, and a revocation deletes the key's sessions."""
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy import delete, text
@@ -101,3 +101,14 @@ async def set_flash(session: AsyncSession, *, token_sha256: str, message: str) -
         text("UPDATE ui_sessions SET flash = :message WHERE token_sha256 = :digest"),
         {"message": message[:2000], "digest": token_sha256},
     )
+
+
+async def rotate_csrf(session: AsyncSession, *, login: UiLogin) -> UiLogin:
+    """The session with a new CSRF token: the form just posted cannot be posted again
+    (a reload of the page that shows a new key's secret would create another key)."""
+    token = secrets.token_urlsafe(32)
+    await session.execute(
+        text("UPDATE ui_sessions SET csrf_token = :token WHERE token_sha256 = :digest"),
+        {"token": token, "digest": login.token_sha256},
+    )
+    return replace(login, csrf_token=token)

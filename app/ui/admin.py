@@ -12,7 +12,7 @@ from app.errors import AppError
 from app.models.api_key import Scope
 from app.pagination import PageParams, encode_cursor
 from app.schemas.api_key import ApiKeyCreate
-from app.services import api_keys
+from app.services import api_keys, ui_sessions
 from app.ui import data
 from app.ui.web import PREFIX, FormLogin, Login, UiRoute, done, field, refused, render, require
 
@@ -85,7 +85,8 @@ async def key_list(
 
 @router.post("/api-keys")
 async def create_key(request: Request, session: Session, posted: FormLogin) -> Response:
-    """The new key's secret is in this answer only (never in a redirect or a cookie)."""
+    """The new key's secret is in this answer only (never in a redirect or a cookie).
+    The session's CSRF token changes, so reloading this answer creates no second key."""
     login, form = posted
     require(login, Scope.admin)
     scopes = [value for value in form.getlist("scopes") if isinstance(value, str)]  # type: ignore[attr-defined]
@@ -95,6 +96,7 @@ async def create_key(request: Request, session: Session, posted: FormLogin) -> R
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return await done(session, login, f"{PREFIX}/api-keys", message)
     key, secret = await api_keys.create_api_key(session, data=body, created_by=login.key)
+    login = await ui_sessions.rotate_csrf(session, login=login)
     return await _keys_page(request, session, login, None, created=(key.name, secret))
 
 

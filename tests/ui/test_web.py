@@ -237,3 +237,22 @@ async def test_a_delivery_through_the_pages(app: FastAPI, client: httpx.AsyncCli
         assert "Codes returned to the pool: 1." in (await http.get(page)).text
         preview = (await http.get(f"{page}?recipient_id=nobody")).text
         assert 'role="alert"' in preview
+
+
+async def test_a_new_keys_form_cannot_be_posted_twice(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    async with ui_client(app) as http:
+        await sign_in(http)
+        form = {"csrf": csrf_of((await http.get("/ui/api-keys")).text), "name": "desk"}
+        created = await http.post("/ui/api-keys", data={**form, "scopes": "read"})
+        assert created.status_code == 200
+        assert 'id="new-secret"' in created.text
+        again = await http.post("/ui/api-keys", data={**form, "scopes": "read"})
+        assert again.status_code == 403
+        names = [k["name"] for k in (await client.get("/v1/api-keys")).json()["items"]]
+        assert names.count("desk") == 1
+        # The page that showed the secret carries the new token: its forms still work.
+        token = csrf_of(created.text)
+        out = await http.post("/ui/sign-out", data={"csrf": token})
+        assert out.status_code == 303
