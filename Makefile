@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-stats bench-instances clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi ui-screenshots migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-stats bench-instances clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-slow: $(STAMP)  ## the concurrency scenarios, 25 rounds each
 
 openapi: $(STAMP)  ## write openapi/openapi.json and docs/problems.md from the app
 	$(BIN)/python -m app.openapi openapi/openapi.json docs/problems.md
+
+ui-screenshots: $(STAMP)  ## photograph the dashboard's pages into docs/ui/ (the browser tests; needs chromium)
+	COUPONS_UI_SCREENSHOTS=docs/ui $(BIN)/pytest tests/ui/test_browser.py $(PYTEST_ARGS)
 
 migrate: $(STAMP)  ## apply the migrations to DATABASE_DIRECT_URL, else DATABASE_URL (or the embedded server)
 	$(BIN)/python -m app.serve --migrate-only

@@ -15,6 +15,7 @@ from app.problems import problem_response
 # (larger) bound instead of the global one.
 UPLOAD_PATHS = re.compile(
     r"^/v1/coupon-sets/[^/]+/(?:redemption-)?imports/?$|^/v1/deliveries/[^/]+/recipients/?$"
+    r"|^/ui/sets/[^/]+/imports/?$"  # the dashboard's import form (app/ui/sets.py)
 )
 
 

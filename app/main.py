@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import __version__, docs_pages, idempotency
+from app import __version__, docs_pages, idempotency, ui
 from app.db import create_driver_pool, create_engine, create_session_pool, create_sessionmaker
 from app.lean import LeanPath
 from app.limits import BodySizeLimitMiddleware
@@ -209,6 +209,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     for router in routers:
         app.include_router(router)
     docs_pages.install(app)
+    ui.install(app)
 
     lean = [assignment_path.route()] if settings.assign_fast_path else []
     lean += redemption_path.routes() if settings.redeem_fast_path else []

@@ -1,5 +1,6 @@
-"""Servers the suite starts for itself from the machine's packages (Redis and PgBouncer;
-a server added here goes into the package list of ``.ci/run`` in the same commit).
+"""Programs the suite starts for itself from the machine's packages: Redis, PgBouncer,
+and the Chromium that drives the dashboard's tests (a program added here goes into the
+package list of ``.ci/run`` in the same commit).
 
 A test that needs one calls ``require(program, package)``: where the program is not
 installed, ``make test`` skips the test and says so in its summary (``-ra``); under
@@ -49,6 +50,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def chromium_path() -> str:
+    """Debian's Chromium, for Playwright (tests/ui). Playwright never downloads a browser
+    here: it is pointed at this one with ``executable_path``."""
+    return require("chromium", "chromium")
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
 from app.models.redemption import Redemption
 from app.models.stats import ActivityBucket, DeliveryStock, PoolStock, StatsDelta
+from app.models.ui_session import UiSession
 from app.models.usage import SetUsage
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "SetUsage",
     "SharedAssignment",
     "StatsDelta",
+    "UiSession",
 ]

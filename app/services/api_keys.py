@@ -15,13 +15,14 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import ColumnElement, event, func, or_, select, text
+from sqlalchemy import ColumnElement, delete, event, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import locks
 from app.errors import LastAdminKey, NotFound
 from app.models.api_key import ApiKey, Scope
+from app.models.ui_session import UiSession
 from app.pagination import PageParams, paginate
 from app.schemas.api_key import ApiKeyCreate
 
@@ -260,6 +261,8 @@ async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID, cache: Key
         )
     key.revoked_at = datetime.now(UTC)
     await session.flush()
+    # Its dashboard sessions end with it (a lookup also refuses a revoked key's session).
+    await session.execute(delete(UiSession).where(UiSession.api_key_id == key.id))
     # Forgotten now, and again once the revocation has committed: a lookup in between
     # still reads the key active, and must not be remembered (see KeyCache). The
     # request's session commits before the answer is sent.
