@@ -12,6 +12,7 @@ hashes it, so Python and SQL agree on the key.
 | import | transaction | an import asking whether its file came before | set, kind, sha |
 | import-job | session | the connection running an import job | job id |
 | confirm | session | the connection running a delivery's confirm | delivery id |
+| confirm-worker | session, shared | each connection working on a confirm | delivery id |
 | bootstrap | transaction | the first start, creating the admin key | - |
 
 The claim functions (``app/sql/claim_code.sql``, ``claim_codes.sql``) lock
@@ -28,6 +29,7 @@ class Namespace(enum.StrEnum):
     IMPORT = "import"
     IMPORT_JOB = "import-job"
     CONFIRM = "confirm"
+    CONFIRM_WORKER = "confirm-worker"
     BOOTSTRAP = "bootstrap"
 
 
@@ -40,5 +42,6 @@ def name(namespace: Namespace, *parts: object) -> str:
 XACT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
 SESSION_LOCK = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
+SESSION_LOCK_SHARED = "SELECT pg_advisory_lock_shared(hashtextextended($1, 0))"
 TRY_SESSION_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
 SESSION_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"

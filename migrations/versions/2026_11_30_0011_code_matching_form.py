@@ -1,5 +1,6 @@
 """Codes compare in a Unicode-aware form: NFKC, case-folded, without separators and
-default-ignorable characters (issue 11 item 7).
+default-ignorable characters (issue 11 item 7); a running confirm's heartbeat,
+``deliveries.heartbeat_at`` (item 6).
 
 Revision ID: 0011
 Revises: 0008
@@ -137,6 +138,10 @@ def _shared(form: Callable[[str], str]) -> None:
 
 
 def upgrade() -> None:
+    # The heartbeat of a running confirm (app/services/deliveries/confirm.py).
+    op.add_column(
+        "deliveries", sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True)
+    )
     bind = op.get_bind()
     total = _fill(_new_form)
     # One code keeps each (set, form); the others, and codes with no form, are marked.
@@ -190,6 +195,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_column("deliveries", "heartbeat_at")
     _fill(_old_form)
     _apply()
     _shared(_old_form)
