@@ -118,8 +118,11 @@ async def test_a_revoked_key_stops_working(client: httpx.AsyncClient, app: FastA
         assert (await http.get("/v1/coupon-sets")).status_code == 401
     again = await client.delete(f"/v1/api-keys/{created['id']}")
     assert again.status_code == 204, "revoking twice changes nothing"
-    revoked = (await client.get(f"/v1/api-keys/{created['id']}")).json()
-    assert revoked["revoked_at"] is not None
+    gone = await client.get(f"/v1/api-keys/{created['id']}")
+    assert gone.status_code == 404, "a revoked key is deleted"
+    assert problem_type(gone) == "not-found"
+    listed = {k["id"]: k for k in (await client.get("/v1/api-keys")).json()["items"]}
+    assert listed[created["id"]]["revoked_at"] is not None
 
 
 async def test_an_expired_key_is_refused(client: httpx.AsyncClient, app: FastAPI) -> None:

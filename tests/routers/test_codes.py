@@ -318,3 +318,11 @@ async def test_only_an_assigned_unused_code_can_be_returned(
     assert unknown.status_code == 404
     listed = await client.get(f"/v1/coupon-sets/{set_key}/codes", params={"status": "assigned"})
     assert [c["code"] for c in listed.json()["items"]] == [kept], "refusals change nothing"
+
+
+async def test_generate_is_not_taken_as_a_code(client: httpx.AsyncClient, set_key: str) -> None:
+    wrong_method = await client.get(f"/v1/coupon-sets/{set_key}/codes/generate")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    options = await client.options(f"/v1/coupon-sets/{set_key}/codes/generate")
+    assert "GET" not in options.headers.get("allow", "")
