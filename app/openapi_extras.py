@@ -44,6 +44,71 @@ _HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
+# OpenAPI links: what an answer's id opens next (stateful fuzzers and readers follow
+# them). operationId → (status, {link name: (operationId, {parameter: expression})}).
+_ID = "$response.body#/id"
+_LINKS: dict[str, tuple[str, dict[str, tuple[str, dict[str, str]]]]] = {
+    "create_api_key": (
+        "201",
+        {
+            "GetApiKey": ("get_api_key", {"key_id": _ID}),
+            "RevokeApiKey": ("revoke_api_key", {"key_id": _ID}),
+        },
+    ),
+    "create_coupon_set": (
+        "201",
+        {
+            name: (operation, {"set_id": _ID})
+            for name, operation in [
+                ("GetCouponSet", "get_coupon_set"),
+                ("UpdateCouponSet", "update_coupon_set"),
+                ("AddCodes", "add_codes"),
+                ("GenerateCodes", "generate_codes"),
+                ("AssignCode", "assign_code"),
+                ("CreatePool", "create_pool"),
+                ("ListCodes", "list_codes"),
+                ("ImportCodes", "import_codes"),
+            ]
+        },
+    ),
+    "assign_code": (
+        "201",
+        {
+            "GetCode": (
+                "get_code",
+                {"set_id": "$request.path.set_id", "code": "$response.body#/code"},
+            ),
+        },
+    ),
+    "create_delivery": (
+        "201",
+        {
+            name: (operation, {"delivery_id": _ID})
+            for name, operation in [
+                ("GetDelivery", "get_delivery"),
+                ("UpdateDelivery", "update_delivery"),
+                ("AddRecipients", "add_recipients"),
+                ("AnalyzeDelivery", "analyze_delivery"),
+                ("ConfirmDelivery", "confirm_delivery"),
+                ("PreviewDelivery", "preview_delivery"),
+            ]
+        },
+    ),
+    "redeem_code": (
+        "201",
+        {
+            name: (operation, {"redemption_id": _ID})
+            for name, operation in [
+                ("GetRedemption", "get_redemption"),
+                ("RollbackRedemption", "rollback_redemption"),
+                ("ConfirmRedemption", "confirm_redemption"),
+                ("ReleaseRedemption", "release_redemption"),
+            ]
+        },
+    ),
+}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/headers/{name}"}
 
@@ -71,4 +136,10 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                     headers["Location"] = _ref("Location")
                 if idempotent and status.startswith("2"):
                     headers["Idempotent-Replayed"] = _ref("Idempotent-Replayed")
+            if operation.get("operationId") in _LINKS:
+                status, links = _LINKS[operation["operationId"]]
+                operation["responses"][status]["links"] = {
+                    name: {"operationId": target, "parameters": parameters}
+                    for name, (target, parameters) in links.items()
+                }
     return schema

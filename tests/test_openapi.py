@@ -70,3 +70,21 @@ def test_every_reference_resolves_and_answers_name_their_headers() -> None:
                     assert "Retry-After" in response["headers"]
     created = document["paths"]["/v1/coupon-sets"]["post"]["responses"]["201"]["headers"]
     assert {"Location", "Idempotent-Replayed"} <= created.keys()
+
+
+def test_links_name_operations_and_their_parameters() -> None:
+    document = json.loads(render())
+    operations = {
+        operation["operationId"]: operation
+        for item in document["paths"].values()
+        for operation in item.values()
+    }
+    linked = 0
+    for operation in operations.values():
+        for response in operation["responses"].values():
+            for link in response.get("links", {}).values():
+                target = operations[link["operationId"]]
+                names = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+                assert set(link["parameters"]) <= names, link
+                linked += 1
+    assert linked >= 20
