@@ -12,6 +12,7 @@ hashes it, so Python and SQL agree on the key.
 | import | transaction | an import asking whether its file came before | set, kind, sha |
 | import-job | transaction (``Held``) | a running import job | job id |
 | confirm | transaction (``Held``) | a running delivery's confirm | delivery id |
+| confirm-worker | transaction, shared | each batch transaction of a confirm | delivery id |
 | bootstrap | transaction | the first start, creating the admin key | - |
 | stats | transaction | the statistics' folder, or a recount | - |
 
@@ -39,6 +40,7 @@ class Namespace(enum.StrEnum):
     IMPORT = "import"
     IMPORT_JOB = "import-job"
     CONFIRM = "confirm"
+    CONFIRM_WORKER = "confirm-worker"
     BOOTSTRAP = "bootstrap"
     STATS = "stats"
 
@@ -51,6 +53,7 @@ def name(namespace: Namespace, *parts: object) -> str:
 # asyncpg ($1 is a name()); the key is hashed in the database.
 XACT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
+XACT_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import __version__, docs_pages, idempotency, ui
+from app import __version__, docs_pages, idempotency, openapi_extras, ui
 from app.db import create_driver_pool, create_engine, create_session_pool, create_sessionmaker
 from app.lean import LeanPath
 from app.limits import BodySizeLimitMiddleware
@@ -94,7 +94,7 @@ def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(problem.pop("$defs", {}))
         components["Problem"] = problem
-        app.openapi_schema = schema
+        app.openapi_schema = openapi_extras.complete(schema)
     return app.openapi_schema
 
 

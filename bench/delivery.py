@@ -62,7 +62,7 @@ def fill_codes(dsn: str, set_id: str, pool_id: str, prefix: str, count: int) -> 
         db.execute(
             """INSERT INTO codes (set_id, pool_id, code, lookup)
                SELECT $1::uuid, $2::uuid, $3 || lpad(g::text, 9, '0'),
-                      upper($3) || lpad(g::text, 9, '0')
+                      lower(replace($3, '-', '')) || lpad(g::text, 9, '0')
                FROM generate_series(1, $4) g""",
             set_id,
             pool_id,

@@ -168,7 +168,8 @@ def fill_service(svc: Service, codes: int, used_uses: int) -> Fill:
             count = codes // 4 if key == WARM_UP else codes
             db.execute(
                 "INSERT INTO codes (set_id, pool_id, code, lookup) "
-                "SELECT $1::uuid, $2::uuid, $3 || g, $3 || g FROM generate_series(1, $4::int) g",
+                "SELECT $1::uuid, $2::uuid, $3 || g, lower($3) || g "
+                "FROM generate_series(1, $4::int) g",
                 sets[key],
                 pools[key],
                 prefix,

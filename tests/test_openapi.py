@@ -39,3 +39,52 @@ def test_every_operation_is_documented() -> None:
     assert len(operation_ids) == len(set(operation_ids))
     assert "create_coupon_set" in operation_ids
     assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    return []
+
+
+def test_every_reference_resolves_and_answers_name_their_headers() -> None:
+    document = json.loads(render())
+    for ref in _refs(document):
+        node = document
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    confirm = document["paths"]["/v1/deliveries/{delivery_id}/confirm"]["post"]["responses"]
+    assert confirm["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DeliveryPublic"
+    }
+    assert "Location" in confirm["202"]["headers"]
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                assert "X-Request-ID" in response["headers"]
+                if status in ("429", "503"):
+                    assert "Retry-After" in response["headers"]
+    created = document["paths"]["/v1/coupon-sets"]["post"]["responses"]["201"]["headers"]
+    assert {"Location", "Idempotent-Replayed"} <= created.keys()
+
+
+def test_links_name_operations_and_their_parameters() -> None:
+    document = json.loads(render())
+    operations = {
+        operation["operationId"]: operation
+        for item in document["paths"].values()
+        for operation in item.values()
+    }
+    linked = 0
+    for operation in operations.values():
+        for response in operation["responses"].values():
+            for link in response.get("links", {}).values():
+                target = operations[link["operationId"]]
+                names = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+                assert set(link["parameters"]) <= names, link
+                linked += 1
+    assert linked >= 20

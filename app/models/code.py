@@ -6,6 +6,7 @@ one code is on the set and their assignments are in ``shared_assignments``."""
 
 import enum
 import re
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Any
@@ -113,10 +114,75 @@ class Code(Base, table=True):
 
 
 UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-_SEPARATORS = re.compile(r"[\s\-_.]+")
+
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties 15.1): zero widths, joiners,
+# bidi marks, variation selectors, fillers, tags. They draw nothing, so a matching form
+# drops them and an exact code may not hold them.
+_IGNORABLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+# Separators people type or a mail client inserts: white space, dashes (Unicode's Pd),
+# underscores and dots.
+_DASHES = (
+    "\\-\u058a\u05be\u1400\u1806\u2010-\u2015\u2e17\u2e1a\u2e3a\u2e3b\u2e40\u2e5d"
+    "\u301c\u3030\u30a0\ufe31\ufe32\ufe58\ufe63\uff0d\U00010ead"
+)
+_ASCII_SEPARATORS = re.compile(r"[\s\-_.]+")
+_DROPPED = re.compile(f"[\\s_.{_DASHES}{_IGNORABLE}]+")
+_INVISIBLE = re.compile(f"[{_IGNORABLE}]")
+# Categories that never draw a code's character: controls, format characters, surrogates,
+# line and paragraph separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def normalise(code: str, *, exact: bool) -> str:
-    """The form codes are compared in: as given for exact sets, otherwise upper-case
-    without spaces, dashes, dots or underscores (``spring-ab12`` finds ``SPRING AB12``)."""
-    return code if exact else _SEPARATORS.sub("", code).upper()
+    """The form codes are compared in: as given for exact sets; otherwise NFKC, case-folded,
+    without white space, dashes, dots, underscores and default-ignorable characters, so
+    ``spring-ab12`` finds ``SPRING AB12``, ``K\u200bIT`` and fullwidth ``\uff2b\uff29\uff34``
+    find ``KIT``, and ``E\u0301`` finds ``É``."""
+    if exact:
+        return code
+    if code.isascii():  # the common case: NFKC changes nothing, casefold is lower
+        return _ASCII_SEPARATORS.sub("", code).lower()
+    folded = unicodedata.normalize("NFKC", _INVISIBLE.sub("", code)).casefold()
+    return unicodedata.normalize("NFKC", _DROPPED.sub("", folded))
+
+
+HIDDEN_IN_EXACT = "contains invisible or control characters, which an exact set refuses"
+
+
+def hides_characters(text: str) -> bool:
+    """Whether ``text`` holds characters that draw nothing (controls, format characters,
+    default-ignorables): an exact set, which compares codes as given, refuses them."""
+    return bool(_INVISIBLE.search(text)) or any(
+        unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in text
+    )
+
+
+def refusal(code: str, lookup: str, *, exact: bool) -> str | None:
+    """Why ``code`` (already stripped), whose matching form is ``lookup``, cannot be a code;
+    None when it can. A code must show something once the matching ignores what it
+    ignores; an exact code must not hide characters (controls, invisible characters)."""
+    if not code:
+        return "empty"
+    if len(code) > 100:
+        return "longer than 100 characters"
+    if UNSTORABLE.search(code):
+        return "contains control characters or unpaired surrogates"
+    if code.isascii():
+        return None if lookup else "nothing left once separators are ignored"
+    if exact:
+        if hides_characters(code):
+            return HIDDEN_IN_EXACT
+    elif any(unicodedata.category(ch) == "Cc" for ch in code):
+        return "contains control characters or unpaired surrogates"
+    if not any(unicodedata.category(ch)[0] in "LNPS" for ch in lookup):
+        return "nothing visible left once separators and invisible characters are ignored"
+    return None
+    if any(unicodedata.category(ch) == "Cc" for ch in code):
+        return "contains control characters or unpaired surrogates"
+    if not any(unicodedata.category(ch)[0] in "LNPS" for ch in lookup):
+        return "nothing visible left once separators and invisible characters are ignored"
+    return None

@@ -79,6 +79,10 @@ class Delivery(Entity, Base, table=True):
     finished_at: Col[datetime | None] = Field(default=None)
     # The first complete read of its messages: they were handed to the sending system.
     sent_at: Col[datetime | None] = Field(default=None)
+    # Renewed every few seconds by the process running the confirm: a ``sending``
+    # delivery whose heartbeat stopped was left by a process that is gone, whatever its
+    # backends still hold (see app/services/deliveries/confirm.py).
+    heartbeat_at: Col[datetime | None] = Field(default=None)
 
 
 class DeliveryRecipient(Base, table=True):

@@ -41,10 +41,11 @@ async def list_api_keys(_: AdminKey, session: Session, page: PageQuery) -> ApiKe
 @router.get(
     "/{key_id}",
     summary="Get an API key",
+    description="A revoked key (`DELETE`) is gone: `404`. The list still shows it.",
     responses=problem_responses(NotFound),
 )
 async def get_api_key(_: AdminKey, key_id: uuid.UUID, session: Session) -> ApiKeyPublic:
-    return api_key_public(await api_keys.get_api_key(session, key_id))
+    return api_key_public(await api_keys.get_live_api_key(session, key_id))
 
 
 @router.delete(

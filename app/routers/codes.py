@@ -3,6 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.auth import ReadKey, WriteKey
 from app.db import Session
@@ -29,6 +30,16 @@ from app.schemas.code import (
 )
 from app.schemas.mappers import code_public
 from app.services import codes
+
+
+class _CodeSegment(StringConvertor):
+    """A code in a path, but not the action ``generate`` alone (``GET .../codes/generate``
+    is then a 405, not a lookup of a code named so)."""
+
+    regex = "(?!generate$)[^/]+"
+
+
+register_url_convertor("code", _CodeSegment())
 
 router = APIRouter(
     prefix="/v1/coupon-sets/{set_id}/codes", tags=["codes"], route_class=IdempotentRoute
@@ -107,7 +118,7 @@ async def list_codes(
 
 
 @router.get(
-    "/{code}",
+    "/{code:code}",
     summary="Get a code",
     responses=problem_responses(NotFound, WrongSetKind),
 )
@@ -118,7 +129,7 @@ async def get_code(
 
 
 @router.post(
-    "/{code}/return",
+    "/{code:code}/return",
     summary="Give an assigned code back to its pool",
     description="For a code handed out by an assignment whose message bounced: the code "
     "becomes available again and its recipient holds no code of the pool any more "
@@ -149,7 +160,7 @@ async def return_code(
 
 
 @router.post(
-    "/{code}/void",
+    "/{code:code}/void",
     summary="Void a code",
     description="Withdraws an available or assigned code; it can no longer be assigned "
     "or redeemed. Voiding twice changes nothing; a redeemed code cannot be voided.",

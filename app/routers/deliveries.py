@@ -223,6 +223,7 @@ async def analyze_delivery(_: WriteKey, delivery_id: DeliveryId, session: Sessio
     "a confirm cannot finish, the codes it took go back and the delivery is `failed` with "
     "the reason; confirming again starts over.",
     responses={
+        200: {"description": "Settled: `finished` (or `failed`)", "model": DeliveryPublic},
         202: {"description": "Still sending: poll the delivery", "model": DeliveryPublic},
         **problem_responses(NotFound, InsufficientCodes, SetArchived, NotYetValid, Expired),
     },

@@ -80,7 +80,7 @@ async def validate_code(
 
 
 @router.get(
-    "/{redemption_id}",
+    "/{redemption_id:uuid}",
     summary="Get a redemption",
     responses=problem_responses(NotFound),
 )
@@ -107,7 +107,7 @@ async def _settle(
 
 
 @router.post(
-    "/{redemption_id}/rollback",
+    "/{redemption_id:uuid}/rollback",
     summary="Roll back a redemption",
     description="Gives the use back: a unique code can be redeemed again, a shared code "
     "has one more use. Rolling back twice is refused.",
@@ -124,7 +124,7 @@ async def rollback_redemption(
 
 
 @router.post(
-    "/{redemption_id}/confirm",
+    "/{redemption_id:uuid}/confirm",
     summary="Confirm a held redemption",
     responses=problem_responses(NotFound, InvalidRedemptionState, HoldExpired),
 )
@@ -139,7 +139,7 @@ async def confirm_redemption(
 
 
 @router.post(
-    "/{redemption_id}/release",
+    "/{redemption_id:uuid}/release",
     summary="Release a held redemption",
     description="The held use is given back (a failed payment, a cancelled checkout).",
     responses=problem_responses(NotFound, InvalidRedemptionState),

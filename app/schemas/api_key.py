@@ -3,18 +3,18 @@
 import uuid
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.models.api_key import Scope
-from app.schemas.common import Label, WriteModel
+from app.schemas.common import FutureInstant, Label, WriteModel
 from app.schemas.page import Page
 
 
 class ApiKeyCreate(WriteModel):
     name: Label = Field(description="What the key is for, e.g. 'checkout service'")
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
-    expires_at: AwareDatetime | None = Field(
-        default=None, description="After this instant the key is refused"
+    expires_at: FutureInstant | None = Field(
+        default=None, description="After this instant the key is refused; in the future"
     )
 
     @field_validator("scopes")

@@ -3,14 +3,33 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-from app.models.code import Channel, CodeStatus
+from app.models.code import Channel, CodeStatus, normalise, refusal
 from app.schemas.common import WriteModel
+
+
+def _shows_something(value: str) -> str:
+    """A code some set could hold: something visible once matching ignores separators and
+    invisible characters (``\u200b`` alone can match nothing)."""
+    code = value.strip()
+    reason = refusal(code, normalise(code, exact=False), exact=False)
+    if reason is not None:
+        raise ValueError(f"not a code: {reason}")
+    return value
+
 
 CodeText = Annotated[
     str,
     StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    AfterValidator(_shows_something),
 ]
 
 MAX_CODES_PER_REQUEST = 10_000

@@ -3,10 +3,12 @@
 import json
 import re
 import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,6 +39,34 @@ Label = Annotated[
     AfterValidator(_clean_text),
     Field(examples=["Spring sale 2026"]),
 ]
+
+
+def _in_range(value: datetime) -> datetime:
+    # Stored and compared in UTC: 0001-01-01T00:00:00+01:00 is a year 0 there, which
+    # neither Python nor the driver can hold.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "must fall between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z once in UTC"
+        ) from None
+    return value
+
+
+Instant = Annotated[
+    AwareDatetime,
+    AfterValidator(_in_range),
+    Field(description="An instant with its UTC offset (RFC 3339), in years 1 to 9999 in UTC"),
+]
+
+
+def _in_future(value: datetime) -> datetime:
+    if value <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return value
+
+
+FutureInstant = Annotated[Instant, AfterValidator(_in_future)]
 
 Description = Annotated[str, StringConstraints(max_length=4000)]
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -16,7 +15,7 @@ from pydantic import (
 )
 
 from app.models.coupon_set import MatchMode, SetKind, SetStatus
-from app.schemas.common import Description, Label, Metadata, WriteModel
+from app.schemas.common import Description, Instant, Label, Metadata, WriteModel
 from app.schemas.page import Page
 from app.schemas.stats import SetGlance
 
@@ -64,8 +63,8 @@ class CouponSetCreate(WriteModel):
     max_uses: int | None = Field(
         default=None, ge=1, le=2_000_000_000, description="Shared sets: redemptions allowed in all"
     )
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    valid_from: Instant | None = None
+    valid_until: Instant | None = None
     description: Description | None = None
     metadata: Metadata = Field(default_factory=dict)
     match_mode: MatchMode = Field(
@@ -109,8 +108,8 @@ class CouponSetUpdate(WriteModel):
     key: SetKey | None = None
     shared_code: SharedCode | None = None
     max_uses: int | None = Field(default=None, ge=1, le=2_000_000_000)
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    valid_from: Instant | None = None
+    valid_until: Instant | None = None
     description: Description | None = None
     metadata: Metadata | None = None
     per_recipient_limit: int | None = Field(default=None, ge=1, le=1_000_000)

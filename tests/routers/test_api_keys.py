@@ -1,3 +1,4 @@
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -118,23 +119,56 @@ async def test_a_revoked_key_stops_working(client: httpx.AsyncClient, app: FastA
         assert (await http.get("/v1/coupon-sets")).status_code == 401
     again = await client.delete(f"/v1/api-keys/{created['id']}")
     assert again.status_code == 204, "revoking twice changes nothing"
-    revoked = (await client.get(f"/v1/api-keys/{created['id']}")).json()
-    assert revoked["revoked_at"] is not None
+    gone = await client.get(f"/v1/api-keys/{created['id']}")
+    assert gone.status_code == 404, "a revoked key is deleted"
+    assert problem_type(gone) == "not-found"
+    listed = {k["id"]: k for k in (await client.get("/v1/api-keys")).json()["items"]}
+    assert listed[created["id"]]["revoked_at"] is not None
 
 
 async def test_an_expired_key_is_refused(client: httpx.AsyncClient, app: FastAPI) -> None:
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     live = await client.post(
+        "/v1/api-keys", json={"name": "k", "scopes": ["read"], "expires_at": later}
+    )
+    dying = await client.post(
         "/v1/api-keys", json={"name": "k", "scopes": ["read"], "expires_at": soon}
     )
-    dead = await client.post(
-        "/v1/api-keys", json={"name": "k", "scopes": ["read"], "expires_at": past}
-    )
+    await asyncio.sleep(1.2)
     async with make_client(app, live.json()["secret"]) as http:
         assert (await http.get("/v1/coupon-sets")).status_code == 200
-    async with make_client(app, dead.json()["secret"]) as http:
+    async with make_client(app, dying.json()["secret"]) as http:
         assert (await http.get("/v1/coupon-sets")).status_code == 401
+
+
+async def test_a_key_cannot_be_created_expired(client: httpx.AsyncClient) -> None:
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    response = await client.post(
+        "/v1/api-keys", json={"name": "k", "scopes": ["read"], "expires_at": past}
+    )
+    assert response.status_code == 422
+    assert problem_type(response) == "validation-error"
+    assert response.json()["errors"][0]["loc"] == ["body", "expires_at"]
+    assert "must be in the future" in response.text
+
+
+@pytest.mark.parametrize("instant", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_dates_out_of_range_are_refused_as_such(
+    client: httpx.AsyncClient, instant: str
+) -> None:
+    await create_set(client, key="ranged")
+    for method, path, body in [
+        ("POST", "/v1/coupon-sets", {"label": "x", "valid_from": instant}),
+        ("PATCH", "/v1/coupon-sets/ranged", {"valid_until": instant}),
+        ("POST", "/v1/redemptions", {"code": "X1", "redeemed_at": instant}),
+        ("POST", "/v1/api-keys", {"name": "k", "scopes": ["read"], "expires_at": instant}),
+    ]:
+        response = await client.request(method, path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        assert problem_type(response) == "validation-error"
+        assert "must fall between 0001-01-01T00:00:00Z and 9999-12-31" in response.text, path
+        assert "cannot be stored" not in response.text
 
 
 async def test_the_last_admin_key_cannot_be_revoked(client: httpx.AsyncClient) -> None:

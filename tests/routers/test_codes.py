@@ -41,6 +41,82 @@ async def test_lookups_ignore_case_and_separators(client: httpx.AsyncClient, set
     assert found.json()["code"] == "SPRING AB12"
 
 
+async def test_codes_that_look_the_same_are_the_same_code(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    fullwidth, joined, zero_width = "\uff2b\uff29\uff34", "K\u200dIT", "K\u200bIT"
+    report = await add_codes(
+        client,
+        set_key,
+        ["KIT", fullwidth, joined, zero_width, "\u00c91", "E\u03011", "Stra\u00dfe"],
+    )
+    assert report["accepted"] == 3
+    assert sorted(report["duplicate_codes"]) == sorted(  # type: ignore[arg-type]
+        [fullwidth, joined, zero_width, "E\u03011"]
+    )
+    for spelling, stored in [
+        ("kit", "KIT"),
+        (fullwidth, "KIT"),
+        ("k\u2060i-t", "KIT"),
+        ("e\u0301 1", "\u00c91"),
+        ("STRASSE", "Stra\u00dfe"),
+    ]:
+        found = await client.get(f"/v1/coupon-sets/{set_key}/codes/{spelling}")
+        assert found.status_code == 200, spelling
+        assert found.json()["code"] == stored
+    assert (await redeem(client, "\uff4b\uff49\uff54")).status_code == 201
+
+
+async def test_codes_invisible_once_normalised_are_refused(
+    client: httpx.AsyncClient, set_key: str
+) -> None:
+    report = await add_codes(client, set_key, ["\u200b", "\u200b\u2060-", "\u0301", "OK1"])
+    assert report["accepted"] == 1
+    reasons = [r["reason"] for r in report["rejected"]]  # type: ignore[attr-defined]
+    assert len(reasons) == 3
+    assert all("nothing visible left" in reason for reason in reasons)
+
+    for code in ["\u200b", "\u200b\ufeff"]:
+        refused = await redeem(client, code)
+        assert refused.status_code == 422
+        assert problem_type(refused) == "validation-error"
+        assert "nothing visible" in refused.text
+    shared = await client.post(
+        "/v1/coupon-sets",
+        json={"label": "Z", "kind": "shared", "shared_code": "\u200b\u200c", "max_uses": 5},
+    )
+    assert shared.status_code == 422
+    assert problem_type(shared) == "validation-error"
+    assert shared.json()["errors"][0]["loc"] == ["body", "shared_code"]
+
+
+async def test_exact_sets_refuse_invisible_and_control_characters(
+    client: httpx.AsyncClient,
+) -> None:
+    await create_set(client, key="exact", match_mode="exact")
+    report = await add_codes(client, "exact", ["K\u200bIT", "A\u0085B", "R\u202eTL", "KIT"])
+    assert report["accepted"] == 1
+    reasons = [r["reason"] for r in report["rejected"]]  # type: ignore[attr-defined]
+    assert reasons == ["contains invisible or control characters, which an exact set refuses"] * 3
+    generated = await client.post(
+        "/v1/coupon-sets/exact/codes/generate",
+        json={"count": 1, "length": 8, "prefix": "X\u200d"},
+    )
+    assert generated.status_code == 422
+    assert "invisible" in generated.json()["detail"]
+    shared = await client.post(
+        "/v1/coupon-sets",
+        json={
+            "label": "Z",
+            "kind": "shared",
+            "match_mode": "exact",
+            "shared_code": "WEL\u200bCOME",
+            "max_uses": 5,
+        },
+    )
+    assert shared.status_code == 422
+
+
 async def test_exact_sets_match_codes_as_typed(client: httpx.AsyncClient) -> None:
     await create_set(client, key="exact", match_mode="exact")
     report = await add_codes(client, "exact", ["Ab-1", "AB-1", "ab1"])
@@ -302,3 +378,11 @@ async def test_every_filter_of_the_code_list_pages_in_id_order(
         for limit in (1, 2, 200):
             assert await _listed(client, "f", limit, **filters) == expected, (filters, limit)
     assert await _listed(client, "f", 200, status="void") == ["A-4", "B-5"]
+
+
+async def test_generate_is_not_taken_as_a_code(client: httpx.AsyncClient, set_key: str) -> None:
+    wrong_method = await client.get(f"/v1/coupon-sets/{set_key}/codes/generate")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    options = await client.options(f"/v1/coupon-sets/{set_key}/codes/generate")
+    assert "GET" not in options.headers.get("allow", "")

@@ -125,6 +125,18 @@ async def test_no_header_takes_the_first_column_and_numbers_the_rest(
     assert got == {"A1": {"2": "x"}, "B2": {"2": "y"}}
 
 
+@pytest.mark.parametrize("field", ["delimiter", "quotechar"])
+async def test_an_empty_delimiter_is_refused_not_taken_as_a_comma(
+    client: httpx.AsyncClient, field: str
+) -> None:
+    s = await create_set(client)
+    response = await import_codes(client, s["id"], b"code\nA1\n", **{field: ""})
+    assert response.status_code == 422
+    assert problem_type(response) == "validation-error"
+    assert response.json()["errors"][0]["loc"] == ["body", field]
+    assert await codes_of(client, s["id"]) == []
+
+
 async def test_an_unknown_column_is_a_validation_problem(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
     response = await import_codes(client, s["id"], b"code\nA1\n", code_column="voucher")

@@ -196,3 +196,11 @@ async def test_unknown_redemption_ids(client: httpx.AsyncClient) -> None:
     for path in ("", "/rollback", "/confirm", "/release"):
         method = client.get if not path else client.post
         assert (await method(f"/v1/redemptions/{missing}{path}")).status_code == 404
+
+
+async def test_action_paths_are_not_taken_as_a_redemption_id(client: httpx.AsyncClient) -> None:
+    wrong_method = await client.get("/v1/redemptions/validate")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    options = await client.options("/v1/redemptions/validate")
+    assert "GET" not in options.headers.get("allow", "")

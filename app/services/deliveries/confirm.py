@@ -14,8 +14,16 @@ was never sent.
 A running confirm holds an advisory lock (``locks.Namespace.CONFIRM``), ``locks.Held``
 by a transaction on a connection of its own for as long as it runs (transaction-scoped,
 so it works through PgBouncer): a delivery ``sending`` whose lock is free was left by a
-process that is gone. ``Confirmations`` is the process object (created at start-up)
-that runs them."""
+process that is gone. The backends of a process killed with ``kill -9`` can outlive it,
+holding that lock, for as long as PostgreSQL takes to notice the client went (minutes or
+hours when the connection's end was never seen, as behind a broken network or a proxy):
+so a running confirm also renews the delivery's ``heartbeat_at`` every
+``HEARTBEAT_SECONDS``, and every batch transaction working on it holds a shared
+``CONFIRM_WORKER`` lock. A delivery ``sending`` whose heartbeat is older than
+``STALE_SECONDS`` is a dead process's: every process looks for such deliveries every
+``WATCH_SECONDS`` (and at start), ends the backends holding either lock, gives the codes
+back and marks it ``failed``. ``Confirmations`` is the process object (created at
+start-up) that runs them."""
 
 import asyncio
 import contextlib
@@ -43,6 +51,9 @@ from app.services.deliveries.giveback import Run, give_back, run_of
 logger = logging.getLogger(__name__)
 
 BATCH = 20_000
+HEARTBEAT_SECONDS = 5
+STALE_SECONDS = 30  # six missed heartbeats
+WATCH_SECONDS = 10
 
 
 class _Stopped(Exception):
@@ -64,6 +75,11 @@ def _lock_name(delivery_id: uuid.UUID) -> str:
     return locks.name(locks.Namespace.CONFIRM, delivery_id)
 
 
+def _worker_lock_name(delivery_id: uuid.UUID) -> str:
+    """Held shared by every batch transaction of the confirm (its row locks with it)."""
+    return locks.name(locks.Namespace.CONFIRM_WORKER, delivery_id)
+
+
 class Confirmations:
     """The confirms running in this process; stopped cleanly at shutdown."""
 
@@ -73,34 +89,64 @@ class Confirmations:
         self.workers = workers
         self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         self.stopping.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
     async def recover(self) -> None:
-        """At start: a delivery left ``sending`` by a process that is gone (its lock is
-        free) gives its codes back and becomes ``failed``; confirming again starts over.
-        A database that is not there yet only postpones this to the next confirm of
-        such a delivery, which does the same."""
+        """At start, then every ``WATCH_SECONDS``: a delivery left ``sending`` by a
+        process that is gone (its lock is free, or its heartbeat stopped) gives its codes
+        back and becomes ``failed``; confirming again starts over. A database that is not
+        there yet only postpones this to the next look."""
+        await self._look()
+        self._watchdog = asyncio.create_task(self._watch(), name="confirm-watchdog")
+
+    async def _watch(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(WATCH_SECONDS)
+            await self._look()
+
+    async def _look(self) -> None:
         try:
             await self._recover()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            logger.warning("could not look for interrupted deliveries at start: %s", exc)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning("could not look for interrupted deliveries: %s", exc)
 
     async def _recover(self) -> None:
         async with self.pool.acquire() as connection:
-            for stale in await connection.fetch(sql.SENDING):
-                held = await locks.hold(self.pool, _lock_name(stale["id"]), wait=False)
+            for left in await connection.fetch(sql.SENDING, STALE_SECONDS):
+                delivery_id = left["id"]
+                if delivery_id in self.tasks:  # running here
+                    continue
+                name = _lock_name(delivery_id)
+                reason = "interrupted: the service restarted"
+                held = await locks.hold(self.pool, name, wait=False)
+                if held is None and left["stale"]:
+                    await _end_backends(connection, delivery_id)
+                    held = await locks.hold(self.pool, name, wait=False)
+                    reason = "interrupted: the process running the confirm stopped"
                 if held is None:
                     continue
                 try:
-                    row = await connection.fetchrow(sql.RUN, stale["id"])
+                    row = await connection.fetchrow(sql.RUN, delivery_id)
                     if row is not None:
-                        await _fail(connection, run_of(row), "interrupted: the service restarted")
+                        logger.warning("delivery %s was left sending: failing it", delivery_id)
+                        await _fail(connection, run_of(row), reason)
                 finally:
                     await held.release()
+
+    async def _heartbeat(self, delivery_id: uuid.UUID) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.pool.execute(sql.HEARTBEAT, delivery_id)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("no heartbeat for delivery %s: %s", delivery_id, exc)
 
     async def confirm(
         self, *, delivery_id: str, actor: ApiKey, wait: float
@@ -141,6 +187,7 @@ class Confirmations:
         return delivery_key, True
 
     async def _work(self, connection: asyncpg.Connection, held: locks.Held, run: Run) -> None:
+        beat = asyncio.create_task(self._heartbeat(run.delivery_id))
         try:
             try:
                 await self._claim_all(connection, run)
@@ -160,6 +207,7 @@ class Confirmations:
             logger.exception("could not record the end of delivery %s", run.delivery_id)
             connection.terminate()
         finally:
+            beat.cancel()
             await self.pool.release(connection)
             await held.release()
 
@@ -320,6 +368,9 @@ async def _claim_range(
         attempts += 1
         try:
             async with connection.transaction():
+                # Marks this backend as working on the confirm until the batch ends (so
+                # a dead process's backend can be found and ended: _end_backends).
+                await connection.execute(locks.XACT_LOCK_SHARED, _worker_lock_name(run.delivery_id))
                 if run.pool_id is None:
                     row = await connection.fetchrow(
                         sql.SHARE_BATCH,
@@ -360,3 +411,19 @@ async def _fail(connection: asyncpg.Connection, run: Run, reason: str) -> None:
     async with connection.transaction():
         await give_back(connection, run, None, reason)
         await connection.execute(sql.FAIL, run.delivery_id, reason)
+
+
+async def _end_backends(connection: asyncpg.Connection, delivery_id: uuid.UUID) -> None:
+    """Ends the backends a dead process left working on the confirm of ``delivery_id``:
+    they hold its lock, and row locks its give-back would wait for."""
+    for name in (_lock_name(delivery_id), _worker_lock_name(delivery_id)):
+        for row in await connection.fetch(sql.LOCK_HOLDERS, name):
+            ended = await connection.fetchval(sql.TERMINATE, row["pid"])
+            logger.warning(
+                "delivery %s: no heartbeat for %d s; ended backend %d (%s) of the process "
+                "that ran its confirm",
+                delivery_id,
+                STALE_SECONDS,
+                row["pid"],
+                "gone" if ended else "still there",
+            )

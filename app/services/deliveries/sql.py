@@ -111,7 +111,27 @@ USED_UP_TARGETS = """
 # ---------------------------------------------------------------------------- confirm
 
 # The deliveries a process left ``sending``; each is checked against its advisory lock.
-SENDING = "SELECT id FROM deliveries WHERE status = 'sending'"
+# ``stale``: its heartbeat stopped more than $1 seconds ago.
+SENDING = """
+SELECT id, heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $1) AS stale
+FROM deliveries WHERE status = 'sending'
+"""
+
+# The running confirm says it is alive (confirm.HEARTBEAT_SECONDS).
+HEARTBEAT = "UPDATE deliveries SET heartbeat_at = now() WHERE id = $1 AND status = 'sending'"
+
+# The backends holding an advisory lock ($1 a locks.name(), held exclusive or shared):
+# pg_locks shows a bigint key as its high half (classid) and low half (objid).
+LOCK_HOLDERS = """
+SELECT l.pid FROM pg_locks l, LATERAL (SELECT hashtextextended($1, 0) AS k) AS key
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid::bigint = (key.k >> 32) & 4294967295 AND l.objid::bigint = key.k & 4294967295
+  AND l.pid <> pg_backend_pid()
+"""
+
+# Ends a backend and waits up to 5 s for it to be gone (its locks with it).
+TERMINATE = "SELECT pg_terminate_backend($1, 5000)"
 
 # A confirm request that found another one running (elsewhere) asks only whether it ended
 # (no row: no such delivery).
@@ -146,7 +166,8 @@ RUN_FOR_UPDATE = RUN + "\nFOR UPDATE OF d"
 START = """
 UPDATE deliveries SET status = 'sending', analysis = $2::jsonb, last_seq = $3,
     processed = 0, assigned = 0, kept = 0, failure_reason = NULL,
-    confirmed_at = now(), finished_at = NULL, api_key_id = $4, updated_at = now()
+    confirmed_at = now(), finished_at = NULL, api_key_id = $4, updated_at = now(),
+    heartbeat_at = now()
 WHERE id = $1
 """
 

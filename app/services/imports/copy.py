@@ -59,10 +59,8 @@ async def copy_direct(
     await transaction.start()
     try:
         try:
-            await job.conn.copy_records_to_table(
-                "codes",
-                records=job.stream(chunks, reader, codes, digest, spool),
-                columns=sql.CODE_COLUMNS,
+            await job.copy_in(
+                "codes", job.stream(chunks, reader, codes, digest, spool), sql.CODE_COLUMNS
             )
         # A deadlock: another upload holds some of these codes uncommitted, in another
         # order; the staged path's ON CONFLICT settles it.

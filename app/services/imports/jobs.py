@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TypeVar
 
@@ -168,6 +168,32 @@ class Job:
         records = rows.records(self.rows_read + 1, parsed, reader.columns)
         self.rows_read += len(records)
         return records
+
+    async def copy_in(
+        self, table: str, records: AsyncIterator[tuple[object, ...]], columns: Sequence[str]
+    ) -> None:
+        """ONE COPY of ``records`` into ``table`` on the job's connection. When the input
+        breaks (the upload crossed its limit, the client went away), the COPY is ended
+        first and the input's error raised after it, so the caller's rollback runs on a
+        usable connection: asyncpg answers a broken input with a cancel, and a connection
+        whose COPY the server had refused already (a repeated code) then waits for ever
+        (asyncpg 0.30)."""
+        broken: list[Exception] = []
+
+        async def guarded() -> AsyncIterator[tuple[object, ...]]:
+            try:
+                async for record in records:
+                    yield record
+            except Exception as exc:
+                broken.append(exc)
+
+        try:
+            await self.conn.copy_records_to_table(table, records=guarded(), columns=columns)
+        except asyncpg.PostgresError:
+            if not broken:
+                raise
+        if broken:
+            raise broken[0]
 
     async def stream(
         self,

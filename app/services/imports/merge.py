@@ -36,7 +36,7 @@ async def stage(job: Job, chunks: AsyncIterator[bytes], rows: Rows) -> None:
     reader = reader_for(job.options)
     digest = hashlib.sha256()
     records = job.stream(chunks, reader, functools.partial(job.read, rows, reader), digest)
-    await job.conn.copy_records_to_table(sql.STAGING, records=records, columns=Record._fields)
+    await job.copy_in(sql.STAGING, records, Record._fields)
     job.checksum = digest.hexdigest()
 
 

@@ -61,7 +61,11 @@ def _bool(fields: dict[str, str], name: str, default: bool | None) -> bool | Non
 
 
 def _char(fields: dict[str, str], name: str, default: str) -> str:
-    value = fields.get(name) or default
+    value = fields.get(name, default)
+    if not value:
+        # curl -F delimiter=';' sends an empty field (';' ends curl's value): never
+        # read it as the default.
+        raise invalid(name, "must be one character, not empty (with curl use --form-string)")
     if value in ("\\t", "tab"):
         value = "\t"
     if len(value) != 1 or value in "\r\n":

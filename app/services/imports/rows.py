@@ -10,11 +10,10 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from app.errors import NotFound
-from app.models.code import UNSTORABLE, normalise
+from app.models.code import UNSTORABLE, normalise, refusal
 from app.models.coupon_set import CouponSet, MatchMode
 from app.models.import_job import ImportFormat, ImportKind
 from app.schemas.redemption import RedemptionRequest
-from app.services.codes import _reason
 from app.services.imports.options import ImportOptions, invalid
 from app.services.imports.readers import CsvReader, Reader, Row, TextReader, XmlReader
 
@@ -136,7 +135,7 @@ class CodeRows:
             code = raw.strip()
             pool_id = pools.get(pool_ref.lower()) if pool_ref else default_pool
             lookup = normalise(code, exact=exact)
-            reason = _reason(code, lookup)
+            reason = refusal(code, lookup, exact=exact)
             if reason is None and pool_id is None:
                 reason = f"unknown pool '{shown(pool_ref)}'"
             if (

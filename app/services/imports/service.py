@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import AppError, NotFound
+from app.errors import AppError, NotFound, PayloadTooLarge
 from app.models.api_key import ApiKey
 from app.models.coupon_set import CouponSet
 from app.models.import_job import ImportJob, ImportKind
@@ -145,8 +145,14 @@ class ImportRunner:
             except AppError as exc:
                 await job.fail(exc.detail)
                 raise
-            except Exception:
-                await job.fail("the upload was interrupted; nothing of it was kept")
+            except Exception as exc:
+                # The body limit's 413 (app/limits.py) comes as the framework's HTTP error.
+                too_large = getattr(exc, "status_code", None) == PayloadTooLarge.status
+                await job.fail(
+                    f"{exc.detail} Nothing of it was kept."  # type: ignore[attr-defined]
+                    if too_large
+                    else "the upload was interrupted; nothing of it was kept"
+                )
                 raise
             existing = await job.claim_checksum()
             if existing is not None:
