@@ -9,6 +9,7 @@ from app.models.base import Base
 from app.models.code import Code
 from app.models.coupon_set import CouponSet
 from app.models.delivery import Delivery, DeliveryRecipient
+from app.models.events import EventCursor, EventOutbox, WebhookAttempt, WebhookEndpoint
 from app.models.idempotency import IdempotencyRecord
 from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
@@ -23,6 +24,8 @@ __all__ = [
     "CouponSet",
     "Delivery",
     "DeliveryRecipient",
+    "EventCursor",
+    "EventOutbox",
     "IdempotencyRecord",
     "ImportJob",
     "ImportReportRow",
@@ -30,4 +33,6 @@ __all__ = [
     "Redemption",
     "SetUsage",
     "SharedAssignment",
+    "WebhookAttempt",
+    "WebhookEndpoint",
 ]

@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field
 
 from app.models.base import Base, Col, identity, insert_time
+from app.models.events import txid
 
 
 class AuditAction(enum.StrEnum):
@@ -31,7 +32,11 @@ class AuditAction(enum.StrEnum):
 class AuditEvent(Base, table=True):
     __tablename__ = "audit_events"
     # No foreign key to the set: the trail outlives what it describes.
-    __table_args__ = (Index("ix_audit_events_set_id_id", "set_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_set_id_id", "set_id", "id"),
+        # The event feed's order (app/services/events/sql.py).
+        Index("ix_audit_events_txid_id", "txid", "id"),
+    )
 
     id: Col[int] = identity()
     set_id: Col[uuid.UUID | None] = Field(default=None)
@@ -42,3 +47,5 @@ class AuditEvent(Base, table=True):
     idempotency_key: Col[str | None] = Field(default=None)
     details: Col[dict[str, Any] | None] = Field(default=None, sa_type=JSONB)
     created_at: Col[datetime] = insert_time()
+    # The writing transaction (app/models/events.py); NULL on rows older than the feed.
+    txid: Col[int | None] = txid()
