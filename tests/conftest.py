@@ -73,7 +73,14 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(environment="test", database_url=database_url, admin_api_key=ADMIN_SECRET)
+    # The shared app sends no webhooks (tests/services/events start apps that do).
+    return Settings(
+        environment="test",
+        database_url=database_url,
+        admin_api_key=ADMIN_SECRET,
+        webhook_dispatch=False,
+        webhook_allow_private=True,
+    )
 
 
 @asynccontextmanager

@@ -34,11 +34,13 @@ BEGIN
 END $$;
 
 DROP TRIGGER IF EXISTS import_finished ON import_jobs;
+
 CREATE TRIGGER import_finished AFTER UPDATE OF status ON import_jobs
 FOR EACH ROW WHEN (NEW.status IN ('succeeded', 'failed') AND OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION outbox_import_finished();
 
 DROP TRIGGER IF EXISTS delivery_finished ON deliveries;
+
 CREATE TRIGGER delivery_finished AFTER UPDATE OF status ON deliveries
 FOR EACH ROW WHEN (NEW.status IN ('finished', 'failed') AND OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION outbox_delivery_finished();

@@ -51,15 +51,23 @@ BEGIN
 END $$;
 
 DROP TRIGGER IF EXISTS import_finished ON import_jobs;
+
 CREATE TRIGGER import_finished AFTER UPDATE OF status ON import_jobs
 FOR EACH ROW WHEN (NEW.status IN ('succeeded', 'failed') AND OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION outbox_import_finished();
 
 DROP TRIGGER IF EXISTS delivery_finished ON deliveries;
+
 CREATE TRIGGER delivery_finished AFTER UPDATE OF status ON deliveries
 FOR EACH ROW WHEN (NEW.status IN ('finished', 'failed') AND OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION outbox_delivery_finished();
 """
+
+
+def statements(script: str) -> list[str]:
+    """The script's statements: one per blank-line-separated block (asyncpg runs one
+    statement at a time; function bodies hold no blank line)."""
+    return [block.strip() for block in script.strip().split("\n\n") if block.strip()]
 
 
 def upgrade() -> None:
@@ -169,7 +177,8 @@ def upgrade() -> None:
     op.add_column(
         "coupon_sets", sa.Column("expiry_warned_at", sa.DateTime(timezone=True), nullable=True)
     )
-    op.execute(TRIGGERS)
+    for statement in statements(TRIGGERS):
+        op.execute(statement)
 
 
 def downgrade() -> None:
