@@ -2,16 +2,31 @@
 
 The order of events: ``(txid, src, id)``: the writing transaction's id, the source
 (0 the audit trail, 1 the outbox), the row's id. A reader takes only rows whose
-transaction ended before its snapshot began (``txid < pg_snapshot_xmin(...)``): every
+transaction ended before its snapshot began (``txid`` below the horizon, ``_HORIZON``): every
 transaction with a smaller id has committed or rolled back by then, and new ones get
 larger ids, so the rows before a position never change once a reader has passed it. A
 cursor over it therefore never skips an event that commits late, which an order by row
 id alone would (ids are drawn before commit: id 11 may commit before id 10). The price:
-an event waits for every transaction that was running when it committed (usually
-milliseconds; a long import holds the feed back for its duration)."""
+an event waits for every transaction of this database that was running when it
+committed (usually milliseconds; a long import holds the feed back for its duration)."""
 
-# The horizon: rows of transactions below it are final and visible to this statement.
-_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin"
+# The horizon: every transaction below it has ended (committed or rolled back) before
+# this statement's snapshot, except those known to run in another database of the
+# server (pg_stat_activity), which cannot write these tables; rows of transactions below
+# it are final and visible to this statement. The snapshot's xmin alone would do, but it
+# waits for long transactions of every database on the server. A transaction whose
+# database is unknown (it ended meanwhile, a prepared one, no read privilege) counts.
+# pg_snapshot_xip holds 64-bit ids, backend_xid 32-bit ones: compared modulo 2^32
+# (in-progress ids are within 2^31 of each other).
+_HORIZON = """
+SELECT coalesce(
+    (SELECT min(running::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS running
+     WHERE NOT EXISTS (
+         SELECT 1 FROM pg_stat_activity a
+         WHERE a.datid IS NOT NULL AND a.datname <> current_database()
+           AND a.backend_xid::text::bigint = running::text::bigint % 4294967296)),
+    pg_snapshot_xmax(pg_current_snapshot())::text::bigint) AS xmin
+"""
 
 # Events after a position, in order, at most $6 of them, not older than $7. $4: the
 # audit actions wanted (app/services/events/catalogue.py), $5: the outbox types.
