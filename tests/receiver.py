@@ -59,9 +59,9 @@ class Receiver:
                 raise AssertionError(f"timed out; received {len(self.deliveries)} deliveries")
             time.sleep(0.05)
 
-    async def until(self, predicate: Callable[["Receiver"], bool], timeout: float = 15.0) -> None:
+    async def until(self, predicate: Callable[["Receiver"], bool], within: float = 15.0) -> None:
         """``wait_for`` for tests whose app runs in the same event loop."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while not predicate(self):
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out; received {len(self.deliveries)} deliveries")

@@ -7,9 +7,11 @@ import time
 import httpx
 from fastapi import FastAPI
 
+from app.settings import Settings
+from tests.conftest import make_client, running
 from tests.helpers import add_codes, assign, create_set, problem_type
-from tests.receiver import Receiver
-from tests.services.events.conftest import attempts, endpoint
+from tests.receiver import Receiver, receiving
+from tests.services.events.conftest import FAST, attempts, endpoint
 
 
 async def test_an_assignment_is_delivered_signed_the_standard_way(
@@ -114,45 +116,43 @@ async def test_an_attempt_fails_after_the_schedule_and_can_be_retried(
 
 
 async def test_an_endpoint_failing_too_long_is_disabled_and_the_others_are_told(
-    app: FastAPI, receiver: Receiver, settings: object, database_url: str
+    app: FastAPI, receiver: Receiver, settings: Settings, database_url: str
 ) -> None:
-    from tests.conftest import make_client, running
-    from tests.receiver import receiving
-    from tests.services.events.conftest import FAST
-
     changes = FAST | {
         "webhook_disable_after_seconds": 0.5,
         "webhook_retry_schedule": "0.3,0.3,0.3,0.3,0.3,0.3",
     }
     with receiving() as healthy:
-        async with running(settings, database_url, **changes) as dispatching:  # type: ignore[arg-type]
-            async with make_client(dispatching) as http:
-                receiver.behaviour = lambda d: (500, {}, 0.0)
-                failing = await endpoint(http, receiver.url, ["code.assigned"])
-                other = await endpoint(http, healthy.url, ["webhook_endpoint.disabled"])
-                await create_set(http, key="spring")
-                await add_codes(http, "spring", ["SPRING-1"])
-                await assign(http, "spring", "contact-42")
-                await healthy.until(lambda r: len(r.deliveries) == 1)
-                payload = healthy.deliveries[0].verify(str(other["secret"]))
-                assert payload["type"] == "webhook_endpoint.disabled"
-                assert payload["data"]["endpoint_id"] == failing["id"]
-                shown = (await http.get(f"/v1/webhook-endpoints/{failing['id']}")).json()
-                assert shown["enabled"] is False
-                assert shown["disabled_reason"].startswith("every delivery failed since")
-                sent = len(receiver.deliveries)
-                await asyncio.sleep(1.0)
-                assert len(receiver.deliveries) == sent  # no more tries while disabled
+        async with (
+            running(settings, database_url, **changes) as dispatching,
+            make_client(dispatching) as http,
+        ):
+            receiver.behaviour = lambda d: (500, {}, 0.0)
+            failing = await endpoint(http, receiver.url, ["code.assigned"])
+            other = await endpoint(http, healthy.url, ["webhook_endpoint.disabled"])
+            await create_set(http, key="spring")
+            await add_codes(http, "spring", ["SPRING-1"])
+            await assign(http, "spring", "contact-42")
+            await healthy.until(lambda r: len(r.deliveries) == 1)
+            payload = healthy.deliveries[0].verify(str(other["secret"]))
+            assert payload["type"] == "webhook_endpoint.disabled"
+            assert payload["data"]["endpoint_id"] == failing["id"]
+            shown = (await http.get(f"/v1/webhook-endpoints/{failing['id']}")).json()
+            assert shown["enabled"] is False
+            assert shown["disabled_reason"].startswith("every delivery failed since")
+            sent = len(receiver.deliveries)
+            await asyncio.sleep(1.0)
+            assert len(receiver.deliveries) == sent  # no more tries while disabled
 
-                # Enabled again, the pending attempt is delivered.
-                receiver.behaviour = lambda d: (200, {}, 0.0)
-                enabled = await http.patch(
-                    f"/v1/webhook-endpoints/{failing['id']}", json={"enabled": True}
-                )
-                assert enabled.json()["disabled_reason"] is None
-                await receiver.until(lambda r: len(r.deliveries) > sent)
-                found = await attempts(http, failing["id"], settled=1)
-                assert found[0]["status"] == "succeeded"
+            # Enabled again, the pending attempt is delivered.
+            receiver.behaviour = lambda d: (200, {}, 0.0)
+            enabled = await http.patch(
+                f"/v1/webhook-endpoints/{failing['id']}", json={"enabled": True}
+            )
+            assert enabled.json()["disabled_reason"] is None
+            await receiver.until(lambda r: len(r.deliveries) > sent)
+            found = await attempts(http, failing["id"], settled=1)
+            assert found[0]["status"] == "succeeded"
 
 
 async def test_a_rotated_secret_signs_alongside_the_new_one(
@@ -162,7 +162,8 @@ async def test_a_rotated_secret_signs_alongside_the_new_one(
     rotated = await http.post(f"/v1/webhook-endpoints/{hook['id']}/rotate-secret")
     assert rotated.status_code == 200, rotated.text
     new = rotated.json()
-    assert new["secret"] != hook["secret"] and new["previous_secret_expires_at"]
+    assert new["secret"] != hook["secret"]
+    assert new["previous_secret_expires_at"]
     await create_set(http, key="spring")
     await add_codes(http, "spring", ["SPRING-1"])
     await assign(http, "spring", "contact-42")
