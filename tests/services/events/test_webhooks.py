@@ -233,3 +233,19 @@ async def test_only_subscribed_types_and_enabled_endpoints_receive(
     assert body["data"]["code"] == "SPRING-2"
     assert body["data"]["order_id"] == "o-1"
     assert body["data"]["status"] == "redeemed"
+
+
+async def test_the_queue_and_outcomes_are_metrics(
+    http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.behaviour = lambda d: (500, {}, 0.0) if d.seen_before == 0 else (200, {}, 0.0)
+    hook = await endpoint(http, receiver.url, ["code.assigned"])
+    await create_set(http, key="spring")
+    await add_codes(http, "spring", ["SPRING-1"])
+    await assign(http, "spring", "contact-42")
+    await attempts(http, hook["id"], settled=1)
+    text = (await http.get("/metrics")).text
+    assert 'coupons_webhook_attempts_total{outcome="retry"} 1.0' in text
+    assert 'coupons_webhook_attempts_total{outcome="delivered"} 1.0' in text
+    assert "coupons_webhook_queue_depth" in text
+    assert "coupons_webhook_lag_seconds" in text
