@@ -172,6 +172,7 @@ class Resolver:
     resolved again by someone else."""
 
     TTL = 30.0
+    TIMEOUT = 5.0
 
     def __init__(self, *, allow_private: bool) -> None:
         self.allow_private = allow_private
@@ -187,10 +188,11 @@ class Resolver:
                 addresses = cached[1]
             else:
                 try:
-                    infos = await asyncio.get_running_loop().getaddrinfo(
-                        target.host, target.port, type=socket.SOCK_STREAM
-                    )
-                except OSError as exc:
+                    async with asyncio.timeout(self.TIMEOUT):
+                        infos = await asyncio.get_running_loop().getaddrinfo(
+                            target.host, target.port, type=socket.SOCK_STREAM
+                        )
+                except (OSError, TimeoutError) as exc:
                     raise UrlNotAllowed(
                         f"The host '{target.host}' does not resolve: {exc}."
                     ) from None

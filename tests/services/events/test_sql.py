@@ -19,7 +19,8 @@ def _statements(script: str) -> list[str]:
 
 def test_the_migration_froze_the_file() -> None:
     spec = importlib.util.spec_from_file_location("migration_0012", MIGRATION)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     live = (ROOT / "app" / "sql" / "event_triggers.sql").read_text()
