@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-events clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench-export: $(STAMP)  ## B5: export 1,000,000 codes as CSV over HTTP
 
 bench-bulk: $(STAMP)  ## B4/B5: CSV upload and export vs psql \copy
 	$(BIN)/python -m bench.bulk
+
+bench-events: $(STAMP)  ## B8: webhook deliveries/s, B1 with an endpoint, a receiver down 60 s (needs wrk)
+	$(BIN)/python -m bench.events
 
 clean:  ## remove the environment (keeps .data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
