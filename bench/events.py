@@ -180,7 +180,7 @@ def measure_delivery(svc: Service, receiver: Receiver, events: int) -> tuple[int
         )
     _wait_delivered(svc, endpoint, events, limit=600)
     took = time.monotonic() - started
-    svc.call("DELETE", f"/v1/webhook-endpoints/{endpoint}")
+    svc.http.delete(f"/v1/webhook-endpoints/{endpoint}").raise_for_status()
     return events, took
 
 

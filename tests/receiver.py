@@ -110,6 +110,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def receiving() -> Iterator[Receiver]:
     receiver = Receiver()
+    ThreadingHTTPServer.request_queue_size = 1024  # the dispatcher opens many connections
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(receiver))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

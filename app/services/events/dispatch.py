@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import random
 import time
 import uuid
@@ -44,6 +45,7 @@ from app.settings import Settings, retry_delays
 logger = logging.getLogger(__name__)
 
 PUMP_BATCH = 1000
+PER_CLIENT = 8  # requests in flight per httpx client
 MAX_RESPONSE_BYTES = 65_536
 LEASE_MARGIN = 5.0
 HOUSEKEEPING_EVERY = 5.0
@@ -126,7 +128,8 @@ class EventDispatcher:
         self._pumped = asyncio.Event()  # the pump wrote attempts: the senders look now
         self._idle = asyncio.Event()  # never set: the pump polls
         self._tasks: list[asyncio.Task[None]] = []
-        self._client: httpx.AsyncClient | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self._next_client = 0
         self._actions = audit_actions(None) + list(STOCK_ONLY_ACTIONS)
         self._outbox_types = outbox_types(None)
 
@@ -136,15 +139,24 @@ class EventDispatcher:
         """The HTTP client (a test ping needs it), and unless ``background`` is false
         the pump, senders and housekeeping."""
         concurrency = self.settings.webhook_concurrency
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(
-                self.settings.webhook_timeout_seconds,
-                connect=self.settings.webhook_connect_timeout_seconds,
-            ),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        # Several small clients rather than one large one: httpcore's connection pool
+        # slows down as the requests waiting in one pool grow (measured here: 50 in
+        # flight on one client sent fewer per second than 1 at a time).
+        shards = max(1, math.ceil(concurrency / PER_CLIENT))
+        self._clients = [
+            httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                timeout=httpx.Timeout(
+                    self.settings.webhook_timeout_seconds,
+                    connect=self.settings.webhook_connect_timeout_seconds,
+                ),
+                limits=httpx.Limits(
+                    max_connections=PER_CLIENT, max_keepalive_connections=PER_CLIENT
+                ),
+            )
+            for _ in range(shards)
+        ]
         if not background:
             return
         senders = 2
@@ -168,9 +180,9 @@ class EventDispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in self._clients:
+            await client.aclose()
+        self._clients = []
 
     async def _forever(self, step: Any, wake: asyncio.Event, name: str) -> None:
         """``step`` again and again; when it found nothing, wait for a wake-up or the
@@ -284,7 +296,8 @@ class EventDispatcher:
 
     async def send(self, url: str, secrets_: list[str], *, msg_id: str, body: str) -> Outcome:
         """One signed POST, its address checked again now; never raises."""
-        assert self._client is not None
+        client = self._clients[self._next_client % len(self._clients)]
+        self._next_client += 1
         started = time.monotonic()
         response_status: int | None = None
         try:
@@ -298,7 +311,7 @@ class EventDispatcher:
                 headers = signing.headers(
                     secrets_, msg_id=msg_id, timestamp=int(time.time()), body=body
                 )
-                async with self._client.stream(
+                async with client.stream(
                     "POST",
                     request_url,
                     content=body.encode(),
