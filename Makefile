@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt typecheck pytest openapi ui-screenshots migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-stats bench-instances clean
+.PHONY: help install run test test-slow lint fmt typecheck pytest openapi ui-screenshots migrate bench-assign bench-redeem bench-delivery bench-export bench-bulk bench-stats bench-instances bench-events clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ bench-bulk: $(STAMP)  ## B4/B5: CSV upload and export vs psql \copy
 
 bench-stats: $(STAMP)  ## B6: statistics on a 10,000,000-code set, B1 with and without the counting (needs wrk)
 	$(BIN)/python -m bench.stats
+
+bench-events: $(STAMP)  ## B8: webhook deliveries/s, B1 with an endpoint, a receiver down 60 s (needs wrk)
+	$(BIN)/python -m bench.events
 
 clean:  ## remove the environment (keeps .data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

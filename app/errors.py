@@ -141,6 +141,10 @@ class DeliveryNotFinished(Conflict):
     slug, title = "delivery-not-finished", "The delivery has not finished its confirm"
 
 
+class AttemptPending(Conflict):
+    slug, title = "attempt-pending", "The webhook attempt is queued already"
+
+
 class TemplateInvalid(AppError):
     slug, title, status = "template-error", "The message template cannot be used", 422
 
@@ -191,3 +195,11 @@ class InvalidCursor(AppError):
 
 class ServiceUnavailable(AppError):
     slug, title, status = "service-unavailable", "Service temporarily unavailable", 503
+
+
+class UrlNotAllowed(AppError):
+    slug, title, status = (
+        "url-not-allowed",
+        "The URL may not be called: not https, or not a public address",
+        422,
+    )

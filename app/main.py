@@ -28,6 +28,7 @@ from app.routers import (
     codes,
     coupon_sets,
     deliveries,
+    events,
     exports,
     health,
     imports,
@@ -35,12 +36,15 @@ from app.routers import (
     recipients,
     redemptions,
     stats,
+    webhooks,
 )
+from app.routers.webhook_events import install_webhooks
 from app.services import api_keys as api_key_service
 from app.services.api_keys import KeyCache
 from app.services.assignments import Claimer
 from app.services.assignments import fast_path as assignment_path
 from app.services.deliveries import Confirmations
+from app.services.events.dispatch import EventDispatcher
 from app.services.imports import ImportRunner
 from app.services.redemptions import RedemptionEngine
 from app.services.redemptions import fast_path as redemption_path
@@ -153,6 +157,10 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         app.state.pool_gauges = PoolGauges(
             app.state.driver_pool, app.state.metrics_registry, max_pools=settings.metrics_max_pools
         )
+        app.state.events = EventDispatcher(
+            app.state.driver_pool, settings, app.state.metrics_registry
+        )
+        app.state.events.start(background=settings.webhook_dispatch)
         # What start-up built (modules, the app, its pools: some 140,000 objects) lives
         # as long as the process. Out of the collector's sight, a full collection no
         # longer walks it: each took ~100 ms with the event loop stopped, which was most
@@ -165,6 +173,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         watch_keys.cancel()
         await asyncio.gather(purge, watch_keys, return_exceptions=True)
         await app.state.stats_folder.stop()
+        await app.state.events.stop()
         await app.state.confirmations.stop()
         # Imports merging in the background finish before their connections close.
         await app.state.import_runner.stop()
@@ -205,11 +214,14 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         exports.router,
         imports.router,
         stats.router,
+        webhooks.router,
+        events.router,
     )
     for router in routers:
         app.include_router(router)
     docs_pages.install(app)
     ui.install(app)
+    install_webhooks(app)
 
     lean = [assignment_path.route()] if settings.assign_fast_path else []
     lean += redemption_path.routes() if settings.redeem_fast_path else []

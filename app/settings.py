@@ -47,6 +47,17 @@ def redact_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def retry_delays(schedule: str) -> tuple[float, ...]:
+    """The seconds between tries of a webhook delivery, from the setting's text."""
+    try:
+        delays = tuple(float(part) for part in schedule.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. '5,300,1800'") from None
+    if not delays or any(d <= 0 or d > 86_400 for d in delays):
+        raise ValueError("each delay must be more than 0 and at most 86400 seconds")
+    return delays
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Environment variables use the COUPONS_ prefix,
     except the conventional DATABASE_URL, HOST and PORT."""
@@ -132,6 +143,32 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Events out (docs/events.md).
+    # Endpoint URLs whose host is or resolves to a private, loopback, link-local, ...
+    # address are refused unless this is true (tests, in-cluster receivers).
+    webhook_allow_private: bool = False
+    # The dispatcher (fan-out of events to endpoints, sending, alerts) runs in each
+    # process; instances share the work. Off: events are still recorded (the feed).
+    webhook_dispatch: bool = True
+    # Requests in flight at once per process.
+    webhook_concurrency: int = Field(default=100, ge=1, le=2000)
+    webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # A whole try: connect, send, the answer's head and up to 64 KiB of its body.
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # Seconds between tries after a failure (each ±20 % jitter); after the last one the
+    # attempt is failed. The default adds up to about 24 hours.
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,28800,28800",
+        description="comma-separated seconds between tries, e.g. '5,300,1800'",
+    )
+    # An endpoint whose deliveries all failed for this long is disabled.
+    webhook_disable_after_seconds: float = Field(default=259_200, gt=0)
+    # How often the dispatcher looks for new events when it found none (and the feed's
+    # long poll looks again).
+    events_poll_seconds: float = Field(default=0.2, gt=0, le=10)
+    # Events in the feed (and attempts) are kept at least this long.
+    events_retention_days: int = Field(default=7, ge=7, le=3650)
+
     @field_validator("rate_limit_storage")
     @classmethod
     def _known_storage(cls, value: SecretStr) -> SecretStr:
@@ -139,6 +176,12 @@ class Settings(BaseSettings):
             ("memory://", "redis://", "rediss://", "redis+unix://")
         ):
             raise ValueError("must be memory:// or a redis://, rediss:// or redis+unix:// URI")
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _parseable_schedule(cls, value: str) -> str:
+        retry_delays(value)  # raises ValueError with the reason
         return value
 
     @field_validator("redeem_rate_limit")

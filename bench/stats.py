@@ -85,9 +85,13 @@ def _line(set_id: str, pool_id: str, prefix: str, n: int, now: datetime, mixed: 
     at = (now - timedelta(minutes=n % (14 * 24 * 60))).isoformat()
     recipient = f"{prefix.lower()}{n}"
     if kind < 90:
-        return f"{set_id}\t{pool_id}\t{code}\t{code.lower()}\tassigned\t{recipient}\t{at}\t\\N\t\\N\n"
+        return (
+            f"{set_id}\t{pool_id}\t{code}\t{code.lower()}\tassigned\t{recipient}\t{at}\t\\N\t\\N\n"
+        )
     if kind < 98:
-        return f"{set_id}\t{pool_id}\t{code}\t{code.lower()}\tredeemed\t{recipient}\t{at}\t{at}\t\\N\n"
+        return (
+            f"{set_id}\t{pool_id}\t{code}\t{code.lower()}\tredeemed\t{recipient}\t{at}\t{at}\t\\N\n"
+        )
     return f"{set_id}\t{pool_id}\t{code}\t{code.lower()}\tvoid\t\\N\t\\N\t\\N\t{at}\n"
 
 

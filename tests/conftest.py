@@ -76,11 +76,14 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
 def settings(database_url: str) -> Settings:
     # No statistics folder in the in-process app: tests fold when they mean to
     # (app.state.stats_folder.fold()); the live server folds every second.
+    # The shared app sends no webhooks (tests/services/events start apps that do).
     return Settings(
         environment="test",
         database_url=database_url,
         admin_api_key=ADMIN_SECRET,
         stats_fold_seconds=0,
+        webhook_dispatch=False,
+        webhook_allow_private=True,
     )
 
 

@@ -9,6 +9,7 @@ from app.models.base import Base
 from app.models.code import Code
 from app.models.coupon_set import CouponSet
 from app.models.delivery import Delivery, DeliveryRecipient
+from app.models.events import EventCursor, EventOutbox, WebhookAttempt, WebhookEndpoint
 from app.models.idempotency import IdempotencyRecord
 from app.models.import_job import ImportJob, ImportReportRow
 from app.models.pool import Pool
@@ -27,6 +28,8 @@ __all__ = [
     "Delivery",
     "DeliveryRecipient",
     "DeliveryStock",
+    "EventCursor",
+    "EventOutbox",
     "IdempotencyRecord",
     "ImportJob",
     "ImportReportRow",
@@ -37,4 +40,6 @@ __all__ = [
     "SharedAssignment",
     "StatsDelta",
     "UiSession",
+    "WebhookAttempt",
+    "WebhookEndpoint",
 ]

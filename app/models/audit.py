@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field
 
 from app.models.base import Base, Col, identity, insert_time
+from app.models.events import txid
 
 
 class AuditAction(enum.StrEnum):
@@ -41,6 +42,8 @@ class AuditEvent(Base, table=True):
             "id",
             postgresql_where=text("recipient_id IS NOT NULL"),
         ),
+        # The event feed's order (app/services/events/sql.py).
+        Index("ix_audit_events_txid_id", "txid", "id"),
     )
 
     id: Col[int] = identity()
@@ -52,3 +55,5 @@ class AuditEvent(Base, table=True):
     idempotency_key: Col[str | None] = Field(default=None)
     details: Col[dict[str, Any] | None] = Field(default=None, sa_type=JSONB)
     created_at: Col[datetime] = insert_time()
+    # The writing transaction (app/models/events.py); NULL on rows older than the feed.
+    txid: Col[int | None] = txid()

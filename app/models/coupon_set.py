@@ -93,3 +93,6 @@ class CouponSet(Entity, Base, table=True):
         default=False, sa_column_kwargs={"server_default": text("false")}
     )
     fallback_code: Col[str | None] = Field(default=None)
+    # coupon_set.expiring fires this many days before valid_until, once (expiry_warned_at).
+    expiry_warning_days: Col[int | None] = Field(default=None)
+    expiry_warned_at: Col[datetime | None] = Field(default=None)

@@ -82,12 +82,15 @@ async def get_pool(_: ReadKey, pool: PoolRef, session: Session) -> PoolPublic:
 
 @router.patch(
     "/{pool}",
-    summary="Rename a pool",
+    summary="Rename a pool, or set its low-stock alerts",
+    description="Only the fields sent change. `low_stock_threshold` (codes) and "
+    "`low_stock_days` (days of stock left, from the forecast) arm `pool.low_stock` "
+    "(docs/events.md); null clears one.",
     responses=problem_responses(NotFound, NameTaken, DefaultPoolProtected, PoolsNotSupported),
 )
 async def rename_pool(_: WriteKey, body: PoolUpdate, pool: PoolRef, session: Session) -> PoolPublic:
-    renamed = await pools.rename_pool(session, pool=pool, name=body.name)
-    return (await _with_stock(session, [renamed]))[0]
+    changed = await pools.update_pool(session, pool=pool, data=body)
+    return (await _with_stock(session, [changed]))[0]
 
 
 @router.delete(

@@ -83,6 +83,12 @@ class CouponSetCreate(WriteModel):
         default=None,
         description="Unique sets: handed out (flagged `fallback`) when the pool is empty",
     )
+    expiry_warning_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=3650,
+        description="coupon_set.expiring fires this many days before valid_until, once",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -115,6 +121,12 @@ class CouponSetUpdate(WriteModel):
     per_recipient_limit: int | None = Field(default=None, ge=1, le=1_000_000)
     bind_to_recipient: bool | None = None
     fallback_code: SharedCode | None = None
+    expiry_warning_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=3650,
+        description="coupon_set.expiring fires this many days before valid_until, once",
+    )
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> Self:
@@ -142,6 +154,10 @@ class CouponSetPublic(BaseModel):
     per_recipient_limit: int | None
     bind_to_recipient: bool
     fallback_code: str | None
+    expiry_warning_days: int | None = Field(
+        description="coupon_set.expiring fires this many days before valid_until"
+    )
+    expiry_warned_at: datetime | None = Field(description="When coupon_set.expiring fired")
     created_at: datetime
     updated_at: datetime
 

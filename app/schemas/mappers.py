@@ -10,6 +10,7 @@ from app.models.audit import AuditEvent
 from app.models.code import Code
 from app.models.coupon_set import CouponSet, SetFacts
 from app.models.delivery import Delivery, DeliveryStatus
+from app.models.events import WebhookAttempt, WebhookEndpoint
 from app.models.import_job import ImportJob
 from app.models.pool import Pool
 from app.models.redemption import RedemptionStatus
@@ -19,6 +20,7 @@ from app.schemas.audit import AuditEventPublic
 from app.schemas.code import CodePublic
 from app.schemas.coupon_set import CouponSetListed, CouponSetPublic
 from app.schemas.delivery import Analysis, DeliveryPublic, TargetPublic
+from app.schemas.events import WebhookAttemptPublic, WebhookEndpointPublic
 from app.schemas.import_job import ImportJobPublic
 from app.schemas.pool import PoolPublic, PoolStock
 from app.schemas.redemption import RedemptionPublic
@@ -62,7 +64,13 @@ def import_job_public(job: ImportJob) -> ImportJobPublic:
 
 
 def pool_public(pool: Pool, stock: PoolStock) -> PoolPublic:
-    columns = {f: getattr(pool, f) for f in ("id", "set_id", "name", "created_at", "updated_at")}
+    columns = {
+        f: getattr(pool, f)
+        for f in (
+            "id", "set_id", "name", "low_stock_threshold", "low_stock_days", "stock_state",
+            "stock_state_at", "created_at", "updated_at",
+        )
+    }  # fmt: skip
     return PoolPublic.model_validate({**columns, "stock": stock})
 
 
@@ -143,3 +151,11 @@ def target_public(row: Any) -> TargetPublic:
         code=row.code,
         failed_at=row.failed_at,
     )
+
+
+def webhook_endpoint_public(endpoint: WebhookEndpoint) -> WebhookEndpointPublic:
+    return WebhookEndpointPublic.model_validate(endpoint)
+
+
+def webhook_attempt_public(attempt: WebhookAttempt) -> WebhookAttemptPublic:
+    return WebhookAttemptPublic.model_validate(attempt, from_attributes=True)

@@ -2,8 +2,9 @@
 
 import uuid
 from datetime import datetime
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import Label, WriteModel
 
@@ -13,7 +14,28 @@ class PoolCreate(WriteModel):
 
 
 class PoolUpdate(WriteModel):
-    name: Label
+    """Only the fields sent change; null clears a low-stock limit."""
+
+    name: Label | None = None
+    low_stock_threshold: int | None = Field(
+        default=None,
+        ge=0,
+        le=2_000_000_000,
+        description="pool.low_stock fires once when the free codes drop to this many",
+    )
+    low_stock_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=3650,
+        description="pool.low_stock fires once when the forecast's days of stock left drop "
+        "to this many",
+    )
+
+    @model_validator(mode="after")
+    def _name_not_null(self) -> Self:
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be null; every pool has one")
+        return self
 
 
 class PoolStock(BaseModel):
@@ -33,6 +55,17 @@ class PoolPublic(BaseModel):
     set_id: uuid.UUID
     name: str
     stock: PoolStock
+    low_stock_threshold: int | None = Field(
+        description="pool.low_stock fires when the free codes drop to this many"
+    )
+    low_stock_days: float | None = Field(
+        description="pool.low_stock fires when the days of stock left drop to this many"
+    )
+    stock_state: Literal["ok", "low", "exhausted"] = Field(
+        description="The last stock alert sent: ok (none, or pool.restocked), low "
+        "(pool.low_stock), exhausted (pool.exhausted)"
+    )
+    stock_state_at: datetime | None = Field(description="When stock_state last changed")
     created_at: datetime
     updated_at: datetime
 

@@ -433,7 +433,7 @@ async def return_code(
         code=row.code,
         recipient_id=recipient_id,
         idempotency_key=idempotency_key,
-        details={"reason": reason, "delivery_id": delivery_id},
+        details={"reason": reason, "delivery_id": delivery_id, "pool": pool_name},
     )
     return row, pool_name
 

@@ -182,6 +182,8 @@ async def update_coupon_set(
         changes["metadata_"] = changes.pop("metadata")
     if "shared_code" in changes:
         changes["shared_lookup"] = _shared_lookup(changes["shared_code"], coupon_set.match_mode)
+    if "valid_until" in changes or "expiry_warning_days" in changes:
+        changes["expiry_warned_at"] = None  # a new end: warned again (docs/events.md)
     await _save(session, coupon_set, changes)
     await session.refresh(coupon_set)
     return coupon_set

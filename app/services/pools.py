@@ -15,6 +15,7 @@ from app.errors import (
 from app.models.code import Code
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.pool import DEFAULT_POOL, MAX_POOLS_PER_SET, Pool
+from app.schemas.pool import PoolUpdate
 from app.services.coupon_sets import parse_id
 
 _NAME_INDEX = "uq_pools_set_id_name_lower"
@@ -78,6 +79,21 @@ async def rename_pool(session: AsyncSession, *, pool: Pool, name: str) -> Pool:
     if name.lower() == DEFAULT_POOL:
         raise NameTaken("'default' is the name of the set's default pool.")
     await _save(session, pool, name=name)
+    await session.refresh(pool)
+    return pool
+
+
+async def update_pool(session: AsyncSession, *, pool: Pool, data: PoolUpdate) -> Pool:
+    """A new name and/or low-stock limits (docs/events.md); only the fields sent."""
+    sent = data.model_fields_set
+    if "low_stock_threshold" in sent:
+        pool.low_stock_threshold = data.low_stock_threshold
+    if "low_stock_days" in sent:
+        pool.low_stock_days = data.low_stock_days
+    if data.name is not None and data.name != pool.name:
+        return await rename_pool(session, pool=pool, name=data.name)
+    session.add(pool)
+    await session.flush()
     await session.refresh(pool)
     return pool
 

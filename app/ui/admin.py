@@ -47,7 +47,7 @@ async def retry(attempt_id: str, session: Session, posted: FormLogin) -> Respons
     login, _ = posted
     require(login, Scope.admin)
     sent = await data.retry_webhook(session, login.key, attempt_id)
-    message = "Sent again." if sent else "Webhooks are not available in this version."
+    message = "Queued to be sent again." if sent else "Webhooks are not available."
     return await done(session, login, f"{PREFIX}/webhooks", message)
 
 

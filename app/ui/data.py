@@ -13,17 +13,22 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import NotFound
 from app.models.api_key import ApiKey
 from app.models.coupon_set import CouponSet, SetKind
 from app.pagination import PageParams
+from app.schemas.pool import PoolUpdate
 from app.schemas.stats import Forecast, TimelineBucket, TimelineMetric
-from app.services import recipients
+from app.services import pools, recipients
+from app.services.events import endpoints
 from app.services.stats import service as stats_service
 
 # A set or pool is marked low when its stock lasts less than this at the recent rate
 # (or is gone), until pools carry thresholds of their own.
 LOW_STOCK_DAYS = 7.0
 RECIPIENT_ROWS = 200  # coupons and events shown on a contact's page
+WEBHOOK_ROWS = 50  # endpoints on the webhooks page
+ATTEMPT_ROWS = 10  # latest attempts shown per endpoint
 
 
 @dataclass(frozen=True)
@@ -179,9 +184,12 @@ async def timeline(
 async def set_pool_threshold(
     session: AsyncSession, key: ApiKey, coupon_set: CouponSet, pool: str, threshold: int | None
 ) -> bool:
-    """Change a pool's low-stock threshold (issue 16, with the ``write`` scope); False
-    until thresholds exist."""
-    return False
+    """Change a pool's low-stock threshold (PATCH .../pools/{pool}, ``write``)."""
+    found = await pools.get_pool(session, coupon_set=coupon_set, ref=pool)
+    await pools.update_pool(
+        session, pool=found, data=PoolUpdate.model_validate({"low_stock_threshold": threshold})
+    )
+    return True
 
 
 async def recipient(session: AsyncSession, key: ApiKey, recipient_id: str) -> Recipient | None:
@@ -212,10 +220,46 @@ async def recipient(session: AsyncSession, key: ApiKey, recipient_id: str) -> Re
 
 
 async def webhooks(session: AsyncSession, key: ApiKey) -> list[Webhook] | None:
-    """The webhook endpoints with their recent attempts (issue 12); None until they exist."""
-    return None
+    """The webhook endpoints (the first WEBHOOK_ROWS) with their latest attempts."""
+    params = PageParams(limit=WEBHOOK_ROWS, cursor=None)
+    found = []
+    for endpoint in (await endpoints.list_endpoints(session, params=params))[:WEBHOOK_ROWS]:
+        attempts = await endpoints.list_attempts(
+            session,
+            endpoint_id=endpoint.id,
+            status=None,
+            event_type=None,
+            event_id=None,
+            params=PageParams(limit=ATTEMPT_ROWS, cursor=None),
+        )
+        found.append(
+            Webhook(
+                id=endpoint.id,
+                url=endpoint.url,
+                events=list(endpoint.events),
+                active=endpoint.enabled,
+                attempts=[
+                    Attempt(
+                        id=f"{endpoint.id}:{a.id}",
+                        at=a.last_attempt_at or a.created_at,
+                        event=a.event_type,
+                        status_code=a.response_status,
+                        error=a.error,
+                    )
+                    for a in attempts[:ATTEMPT_ROWS]
+                ],
+            )
+        )
+    return found
 
 
 async def retry_webhook(session: AsyncSession, key: ApiKey, attempt: str) -> bool:
-    """Send a failed attempt again (issue 12); False until webhooks exist."""
-    return False
+    """Send an attempt again (POST .../attempts/{id}/retry); ``attempt`` is
+    "endpoint id:attempt id" as ``webhooks`` names it."""
+    endpoint_id, _, attempt_id = attempt.partition(":")
+    try:
+        ids = uuid.UUID(endpoint_id), int(attempt_id)
+    except ValueError:
+        raise NotFound(f"No webhook attempt is called '{attempt}'.") from None
+    await endpoints.retry(session, endpoint_id=ids[0], attempt_id=ids[1])
+    return True

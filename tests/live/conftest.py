@@ -80,7 +80,14 @@ def serve(
 def live_instance(database_url: str, log: Path) -> Iterator[str]:
     """An instance for the concurrency tests (no rate limit in the way); its log must
     show no traceback when it stops."""
-    with serve(database_url, log, redeem_rate_limit="100000/second", db_pool_timeout="30") as (
+    # It sends no webhooks: the events tests start servers that do.
+    with serve(
+        database_url,
+        log,
+        redeem_rate_limit="100000/second",
+        db_pool_timeout="30",
+        webhook_dispatch="false",
+    ) as (
         url,
         _,
     ):

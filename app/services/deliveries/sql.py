@@ -297,7 +297,8 @@ WITH returned AS (
 ), audited AS (
     INSERT INTO audit_events (set_id, action, code, recipient_id, api_key_id, details)
     SELECT $5, 'unassign', returned.code, returned.recipient_id, $6,
-           jsonb_build_object('delivery_id', $3::text, 'reason', $7::text)
+           jsonb_build_object('delivery_id', $3::text, 'reason', $7::text,
+                              'pool', (SELECT name FROM pools WHERE id = $2))
     FROM returned
 )
 SELECT returned.recipient_id FROM returned

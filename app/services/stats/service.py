@@ -117,7 +117,7 @@ class _Recent:
     redeemed_7d: int = 0
 
 
-async def _recent(
+async def recent_activity(
     connection: asyncpg.Connection, set_id: uuid.UUID, *, shared: bool
 ) -> tuple[_Recent, dict[uuid.UUID, dict[int, int]]]:
     """The set's activity windows, and per pool the daily counts the forecast weighs
@@ -162,7 +162,7 @@ async def set_stats(session: AsyncSession, *, coupon_set: CouponSet) -> SetStats
     connection = await session_driver(session)
     as_of = await connection.fetchval("SELECT now()")
     shared_set = coupon_set.kind == SetKind.shared
-    recent, daily = await _recent(connection, coupon_set.id, shared=shared_set)
+    recent, daily = await recent_activity(connection, coupon_set.id, shared=shared_set)
     everything: dict[int, int] = {}
     for days in daily.values():
         for age, n in days.items():
