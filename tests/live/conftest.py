@@ -53,6 +53,8 @@ def serve(
         "COUPONS_ENVIRONMENT": "test",
         "COUPONS_ADMIN_API_KEY": ADMIN_SECRET,
         "COUPONS_LOG_LEVEL": "WARNING",
+        # No webhook sending unless a test asks (its dispatcher would race the cleanup).
+        "COUPONS_WEBHOOK_DISPATCH": "false",
         **{f"COUPONS_{name.upper()}": value for name, value in settings.items()},
     }
     with log.open("w") as out:

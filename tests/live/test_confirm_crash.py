@@ -30,8 +30,10 @@ class Relay:
     (the test's loop blocks while a server starts); a client that goes away does not
     close its connection to PostgreSQL (until ``close()``)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, socket_dir: str | None = None) -> None:
+        # The embedded server listens on a Unix socket only: relay to it there.
         self.target = (host, port)
+        self.socket = f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None
         self.upstream: list[asyncio.StreamWriter] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -45,7 +47,10 @@ class Relay:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        if self.socket is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.socket)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.upstream.append(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, end: bool) -> None:
@@ -105,8 +110,14 @@ async def test_a_confirm_killed_with_its_backends_left_behind_is_failed_within_6
     database_url: str, app: object, tmp_path: Path
 ) -> None:
     url = make_url(database_url)
-    relay = Relay(url.host or "127.0.0.1", url.port or 5432)
-    relayed = url.set(host="127.0.0.1", port=relay.start())
+    socket_dir = url.query.get("host")
+    socket_dir = socket_dir if isinstance(socket_dir, str) and socket_dir.startswith("/") else None
+    relay = Relay(url.host or "127.0.0.1", url.port or 5432, socket_dir)
+    relayed = url.set(
+        host="127.0.0.1",
+        port=relay.start(),
+        query={k: v for k, v in url.query.items() if k not in ("host", "port")},
+    )
     try:
         with serve(
             relayed.render_as_string(hide_password=False),

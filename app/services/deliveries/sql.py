@@ -77,12 +77,13 @@ HOLDING_CODE = _HOLDING.format(table="codes", owner="pool_id")
 HOLDING_SHARED = _HOLDING.format(table="shared_assignments", owner="set_id")
 
 # Free codes per pool of the set; a free code held at a checkout is not free.
+# A count per pool, each a probe of that pool's free list (ix_codes_free): a join
+# could be planned as one walk over every pool's free codes, other sets' too.
 FREE_PER_POOL = """
-    SELECT p.id, p.name, count(c.id) AS available
+    SELECT p.id, p.name,
+           (SELECT count(*) FROM codes c WHERE c.pool_id = p.id AND {free_c}) AS available
     FROM pools p
-    LEFT JOIN codes c ON c.pool_id = p.id AND {free_c}
     WHERE p.set_id = $1
-    GROUP BY p.id, p.name
     ORDER BY p.name
 """.format(free_c=free("c"))  # noqa: S608 - built from constants only
 
