@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy app
 
 pytest: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)  ## the concurrency scenarios, 25 rounds each
 	COUPONS_TEST_ROUNDS=25 $(BIN)/pytest tests/live/test_concurrency.py $(PYTEST_ARGS)
