@@ -5,7 +5,6 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.helpers import add_codes, assign, create_set, problem_type
 
@@ -84,7 +83,10 @@ async def test_days_of_stock_left_from_the_forecast(http: httpx.AsyncClient) -> 
     assert low["type"] == "pool.low_stock"
     assigned = 100 - low["data"]["available"]
     assert assigned >= 1
-    assert low["data"]["days_left"] == pytest.approx((100 - assigned) / assigned, abs=0.01)
+    # Read just after the alert's stock: assignments committed in between may already
+    # count in the rate (at most the 8 made), never in the stock.
+    assert (100 - assigned) / 8 - 0.01 <= low["data"]["days_left"]
+    assert low["data"]["days_left"] <= (100 - assigned) / assigned + 0.01
     assert low["data"]["low_stock_days"] == 100
 
 
