@@ -20,9 +20,6 @@ import asyncpg
 from app.services.events import sql, stock
 from app.services.events.catalogue import EventType
 
-# How many free codes are counted at most when no threshold asks for more.
-_ENOUGH = 1
-
 
 def next_state(
     available: int, threshold: int | None, days: float | None, left: float | None
@@ -56,17 +53,12 @@ async def evaluate(conn: asyncpg.Connection, touched: set[tuple[uuid.UUID, str |
     written = 0
     for row in rows:
         threshold, days = row["low_stock_threshold"], row["low_stock_days"]
-        at_most = max(_ENOUGH, (threshold or 0) + 1)
-        if days is not None:
-            at_most = 2**62  # the forecast needs the whole count
-        free = await stock.available(conn, row["id"], at_most=at_most)
+        free = await stock.available(conn, row["set_id"], row["id"])
         left = await stock.days_left(conn, row["id"], free) if days is not None else None
         after = next_state(free, threshold, days, left)
         event = _event(row["stock_state"], after)
         if event is None:
             continue
-        if free >= at_most:  # the payload tells the whole count
-            free = await stock.available(conn, row["id"], at_most=2**62)
         await conn.execute(sql.SET_STOCK_STATE, row["id"], after)
         data: dict[str, Any] = {
             "set_id": str(row["set_id"]),

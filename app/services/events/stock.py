@@ -11,13 +11,10 @@ from app.services.stats import sql as stats_sql
 _POOL = "SELECT set_id, created_at FROM pools WHERE id = $1"
 
 
-async def available(conn: asyncpg.Connection, pool_id: uuid.UUID, *, at_most: int) -> int:
-    """Free codes of the pool (a larger stock than ``at_most`` reads as that)."""
-    pool = await conn.fetchrow(_POOL, pool_id)
-    if pool is None:
-        return 0
-    rows = await conn.fetch(stats_sql.POOL_COUNTS, pool["set_id"], pool_id)
-    return min(at_most, sum(int(r["available"]) for r in rows))
+async def available(conn: asyncpg.Connection, set_id: uuid.UUID, pool_id: uuid.UUID) -> int:
+    """Free codes of the pool, exact and O(1) (the counters, not the codes)."""
+    rows = await conn.fetch(stats_sql.POOL_COUNTS, set_id, pool_id)
+    return sum(int(r["available"]) for r in rows)
 
 
 async def days_left(conn: asyncpg.Connection, pool_id: uuid.UUID, available: int) -> float | None:

@@ -240,13 +240,13 @@ async def glances(session: AsyncSession, sets: Sequence[CouponSet]) -> dict[uuid
 
 
 @functools.cache
-def _zones() -> frozenset[str]:
+def zones() -> frozenset[str]:
     """The IANA zone names (not the system's `localtime` and other files beside them)."""
     return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules", "Factory"}
 
 
 def _zone(tz: str) -> str:
-    if tz not in _zones():
+    if tz not in zones():
         raise InvalidTimeline(
             f"'{tz}' is not an IANA time zone (such as 'Europe/Madrid' or 'Asia/Kolkata')."
         )
