@@ -23,7 +23,7 @@ service on it, and in one run:
    ``POST /v1/stats/recount`` must find exactly them, and repair them; its duration.
 
 The figures go to the "Statistics (B6)" section of docs/benchmarks.md. Every process
-started here is stopped on the way out. Takes about 10 minutes (most of it the COPY);
+started here is stopped on the way out. Takes about 8 minutes (most of it the COPY and eight B1 rounds);
 ``--big-codes 20000 --b1-codes 20000 --copy-codes 5000 --seconds 2 --rounds 1
 --requests 20 --no-docs`` is a smoke run of half a minute."""
 
@@ -472,8 +472,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="per read")
     parser.add_argument("--b1-codes", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=20, help="per B1 run")
-    parser.add_argument("--rounds", type=int, default=2, help="B1 counted/not-counted pairs")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="B1 counted/not-counted pairs")
+    parser.add_argument("--warmup", type=int, default=10, help="seconds of B1 first, not counted")
     add_load_arguments(parser)
     return parser.parse_args(argv)
 
