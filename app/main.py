@@ -18,7 +18,7 @@ from app.db import create_driver_pool, create_engine, create_session_pool, creat
 from app.lean import LeanPath
 from app.limits import BodySizeLimitMiddleware
 from app.logging import configure_logging
-from app.metrics import RequestMetrics
+from app.metrics import InFlight, RequestMetrics
 from app.problems import Problem, install_error_handlers
 from app.ratelimit import RateLimiter
 from app.routers import (
@@ -158,7 +158,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
             app.state.driver_pool, app.state.metrics_registry, max_pools=settings.metrics_max_pools
         )
         app.state.events = EventDispatcher(
-            app.state.driver_pool, settings, app.state.metrics_registry
+            app.state.driver_pool, settings, app.state.metrics_registry, app.state.in_flight
         )
         app.state.events.start(background=settings.webhook_dispatch)
         # What start-up built (modules, the app, its pools: some 140,000 objects) lives
@@ -194,6 +194,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics_registry = CollectorRegistry()
+    app.state.in_flight = InFlight()
     install_error_handlers(app)
     app.state.redeem_limiter = RateLimiter(
         settings.redeem_rate_limit,
@@ -233,6 +234,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         known=[(route.path, route.route) for route in lean],
         excluded_handlers=["/metrics"],
         registry=app.state.metrics_registry,
+        in_flight=app.state.in_flight,
     )
     # Outermost, so every log line of the request and every response carry the id.
     app.add_middleware(

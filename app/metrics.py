@@ -9,7 +9,17 @@ from typing import Annotated
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class InFlight:
+    """How many HTTP requests this process is serving now (``RequestMetrics`` counts
+    them): background work (the webhook dispatcher) yields to requests while any are."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self) -> None:
+        self.requests = 0
 
 
 class RequestMetrics(PrometheusInstrumentatorMiddleware):
@@ -24,9 +34,21 @@ class RequestMetrics(PrometheusInstrumentatorMiddleware):
         known: Sequence[tuple[re.Pattern[str], str]],
         excluded_handlers: Sequence[str],
         registry: CollectorRegistry,
+        in_flight: InFlight,
     ) -> None:
         super().__init__(app, excluded_handlers=excluded_handlers, registry=registry)
         self._known = tuple(known)
+        self._in_flight = in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        self._in_flight.requests += 1
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._in_flight.requests -= 1
 
     def _get_handler(self, request: Request) -> tuple[str, bool]:
         scope = request.scope

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     webhook_dispatch: bool = True
     # Requests in flight at once per process.
     webhook_concurrency: int = Field(default=100, ge=1, le=2000)
+    # While the process serves requests, the dispatcher's steps (pump, sends) take at
+    # most this share of its time: each pauses for what it took x (1 - share) / share.
+    # Deliveries then lag (coupons_webhook_lag_seconds) and catch up when requests
+    # ease. 1: never yield.
+    webhook_busy_share: float = Field(default=0.1, gt=0, le=1)
     webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # A whole try: connect, send, the answer's head and up to 64 KiB of its body.
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=120)

@@ -23,8 +23,8 @@ service on it, and in one run:
    ``POST /v1/stats/recount`` must find exactly them, and repair them; its duration.
 
 The figures go to the "Statistics (B6)" section of docs/benchmarks.md. Every process
-started here is stopped on the way out. Takes about 8 minutes (most of it the COPY and eight B1 rounds);
-``--big-codes 20000 --b1-codes 20000 --copy-codes 5000 --seconds 2 --rounds 1
+started here is stopped on the way out. Takes about 8 minutes (most of it the COPY and
+eight B1 rounds); ``--big-codes 20000 --b1-codes 20000 --copy-codes 5000 --seconds 2 --rounds 1
 --requests 20 --no-docs`` is a smoke run of half a minute."""
 
 import argparse

@@ -12,6 +12,9 @@ instances sharing the work through the database.
   ``aiohttp.ClientSession``, and record each outcome: delivered, retried later (exponential
   back-off with jitter, or the receiver's ``Retry-After``), or failed after the last try.
 - **Housekeeping.** Expiry warnings of sets, retention, the queue's metrics.
+- **Yielding to requests.** Pump and senders are background work: while the process
+  serves HTTP requests, each step is followed by a pause that keeps the dispatcher's
+  steps to ``COUPONS_WEBHOOK_BUSY_SHARE`` of the time (docs/events.md, "Under load").
 
 Uses plain connections from the driver pool and opens its own transactions."""
 
@@ -32,6 +35,7 @@ from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from app.errors import UrlNotAllowed
+from app.metrics import InFlight
 from app.services.events import alerts, feed, signing, sql
 from app.services.events.catalogue import (
     STOCK_ONLY_ACTIONS,
@@ -50,6 +54,7 @@ HOUSEKEEPING_EVERY = 5.0
 PURGE_EVERY = 3600.0
 JITTER = 0.2
 MAX_RETRY_AFTER = 86_400.0
+MAX_PAUSE = 2.0  # the longest pause after one step while requests are served
 ERROR_CHARS = 500
 # Audit actions after which a pool's alerts are evaluated.
 _STOCK_ACTIONS = frozenset(("assign", "unassign", "return", *STOCK_ONLY_ACTIONS))
@@ -112,12 +117,25 @@ class Metrics:
         self.events = Counter(
             "coupons_events_pumped", "Events fanned out to webhook endpoints", registry=registry
         )
+        self.paused = Counter(
+            "coupons_webhook_paused_seconds",
+            "Seconds the dispatcher's pump and senders paused to leave the CPU to requests "
+            "(COUPONS_WEBHOOK_BUSY_SHARE)",
+            registry=registry,
+        )
 
 
 class EventDispatcher:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        registry: CollectorRegistry,
+        in_flight: InFlight | None = None,
+    ) -> None:
         self.pool = pool
         self.settings = settings
+        self.in_flight = in_flight or InFlight()
         self.schedule = retry_delays(settings.webhook_retry_schedule)
         self.lease = settings.webhook_timeout_seconds + LEASE_MARGIN
         self.production = settings.environment == "production"
@@ -181,6 +199,7 @@ class EventDispatcher:
         """``step`` again and again; when it found nothing, wait for a wake-up or the
         poll interval. Errors (the database away) are logged and retried."""
         while True:
+            started = time.monotonic()
             try:
                 busy = await step()
             except asyncio.CancelledError:
@@ -189,10 +208,27 @@ class EventDispatcher:
                 logger.warning("event %s step failed; trying again", name, exc_info=True)
                 busy = False
                 await asyncio.sleep(1.0)
+            await self.yield_to_requests(time.monotonic() - started)
             if not busy:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.settings.events_poll_seconds)
+
+    def pause_after(self, worked: float) -> float:
+        """How long to pause after a step that took ``worked`` seconds: 0 unless the
+        process is serving requests now; then so long that the steps take at most
+        ``COUPONS_WEBHOOK_BUSY_SHARE`` of the time (the step's wall time stands for its
+        CPU; under load it counts the requests served meanwhile too, so it errs long)."""
+        share = self.settings.webhook_busy_share
+        if share >= 1 or self.in_flight.requests <= 0:
+            return 0.0
+        return min(worked * (1 - share) / share, MAX_PAUSE)
+
+    async def yield_to_requests(self, worked: float) -> None:
+        pause = self.pause_after(worked)
+        if pause > 0:
+            self.metrics.paused.inc(pause)
+            await asyncio.sleep(pause)
 
     # ------------------------------------------------------------------ pump
 
