@@ -90,6 +90,16 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(_request_session, scope="function")]
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """What the pool runs on a connection given back, after asyncpg's own part (it rolls
+    back a transaction left open): nothing. asyncpg's default, ``Connection.reset()``,
+    sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` each time: a
+    round trip per acquire, for session state this service never creates (its advisory
+    locks are transaction-scoped, its settings ``SET LOCAL``, it listens on no channel:
+    docs/scaling.md), and which behind PgBouncer would reach some other server
+    connection anyway."""
+
+
 class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no types
     """An asyncpg pool whose every ``acquire`` gives up after ``acquire_timeout`` seconds
     unless the caller says otherwise: with all connections busy, a request gets a
@@ -125,7 +135,7 @@ async def create_driver_pool(
         connect=None,
         setup=None,
         init=None,
-        reset=None,
+        reset=_keep_session,
         loop=None,
         server_settings={"application_name": "coupon-service"},
         **({"statement_cache_size": 0} if behind_pgbouncer else {}),

@@ -17,7 +17,6 @@ from typing import Annotated, Any, NamedTuple
 import asyncpg
 from fastapi import Depends, Request
 
-from app.errors import AppError
 from app.models.api_key import ApiKey
 from app.models.coupon_set import SetFacts, SetKind
 from app.models.pool import DEFAULT_POOL
@@ -122,6 +121,24 @@ class _Claim:
         )
 
 
+# At most this many (set reference, pool name) spellings remembered for the scan hint.
+MAX_SPELLINGS = 4096
+
+
+def _claimed(row: asyncpg.Record) -> dict[str, Any]:
+    """A batch row's claim, as claim_code() returns one."""
+    return {
+        "id": row["code_id"],
+        "code": row["code"],
+        "assigned_at": row["assigned_at"],
+        "address": row["address"],
+        "channel": row["channel"],
+        "delivery_id": row["delivery_id"],
+        "additional": row["additional"],
+        "created": row["created"],
+    }
+
+
 # A batch's answers besides a claim's row or None (no code left for it):
 _CLAIM_SINGLY = object()  # claim alone (see ClaimCoalescer._execute)
 _UNUSABLE = object()  # the set refused the claim (archived, outside its validity)
@@ -154,6 +171,9 @@ class ClaimCoalescer:
         self._queues: dict[tuple[str, str], list[_Claim]] = {}
         self._running: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The pool that a (set reference, pool name) as requests spell it was found to
+        # be, for its scan hint: the batch's statement finds the pool itself.
+        self._pool_ids: dict[tuple[str, str], uuid.UUID] = {}
 
     async def claim(
         self, *, set_ref: str, pool_name: str, data: AssignmentCreate, actor: ApiKey
@@ -216,16 +236,18 @@ class ClaimCoalescer:
     async def _execute(
         self, set_ref: str, pool_name: str, batch: list[_Claim]
     ) -> list[tuple[_Target | None, Any]]:
+        # The hint of the pool these spellings named last time (a stale one only costs
+        # the claim a second look from the start of the pool).
+        pool_id = self._pool_ids.get((set_ref, pool_name))
         async with self._pool.acquire() as connection, _discarded_if_broken(connection):
-            found = await _lookup(connection, set_ref, pool_name)
-            if found is None:
-                return [(None, None)] * len(batch)
             try:
-                ensure_usable(found.coupon_set)
-            except AppError:
-                return [(found, _UNUSABLE)] * len(batch)
-            try:
-                rows = await self._claim_many(connection, found, batch)
+                rows = await self._claim_many(
+                    connection,
+                    set_ref,
+                    pool_name,
+                    batch,
+                    self._hint.after(pool_id) if pool_id else 0,
+                )
             except (
                 asyncpg.UniqueViolationError,
                 asyncpg.LockNotAvailableError,
@@ -235,30 +257,54 @@ class ClaimCoalescer:
                 # its entry in uq_codes_recipient, or gave up waiting for it (see
                 # claim_codes.sql). Each claims alone then, and finds that code or
                 # waits for it.
-                return [(found, _CLAIM_SINGLY)] * len(batch)
-        by_ord = {row["ord"]: row for row in rows}
+                return [(await _lookup(connection, set_ref, pool_name), _CLAIM_SINGLY)] * len(batch)
+        if not rows:
+            return [(None, None)] * len(batch)  # no such set
+        first = rows[0]
+        if first["kind"] != SetKind.unique or first["pool_id"] is None:
+            return [(None, None)] * len(batch)  # not the plain case
+        found = _Target(
+            SetFacts(*(first[name] for name in sql.SET_COLUMNS)),
+            first["pool_id"],
+            first["pool_name"],
+        )
+        if not first["usable"]:
+            return [(found, _UNUSABLE)] * len(batch)
+        self._remember_pool(set_ref, pool_name, found.pool_id)
+        # Before the next batch reads the hint (it starts before these requests resume).
+        created = [row["code_id"] for row in rows if row["created"]]
+        if created:
+            self._hint.advance(found.pool_id, max(created))
+        by_ord = {row["ord"]: _claimed(row) for row in rows if row["ord"] is not None}
         return [(found, by_ord.get(n)) for n in range(1, len(batch) + 1)]
 
+    @staticmethod
     async def _claim_many(
-        self, connection: asyncpg.Connection, found: _Target, batch: list[_Claim]
+        connection: asyncpg.Connection,
+        set_ref: str,
+        pool_name: str,
+        batch: list[_Claim],
+        after: int,
     ) -> list[asyncpg.Record]:
+        """The batch's one statement: the set and pool, and the claims if it may claim."""
+        set_id = parse_id(set_ref)
         rows: list[asyncpg.Record] = await connection.fetch(
-            sql.CLAIM_MANY,
-            found.coupon_set.id,
-            found.pool_id,
-            found.pool_name,
+            sql.CLAIM_BATCH_BY_ID if set_id else sql.CLAIM_BATCH_BY_KEY,
+            set_id or set_ref,
+            pool_name,
             [c.recipient_id for c in batch],
             [c.address for c in batch],
             [c.channel for c in batch],
             [c.delivery_id for c in batch],
             [c.api_key_id for c in batch],
-            self._hint.after(found.pool_id),
+            after,
         )
-        # Before the next batch reads the hint (it starts before these requests resume).
-        created = [row["id"] for row in rows if row["created"]]
-        if created:
-            self._hint.advance(found.pool_id, max(created))
         return rows
+
+    def _remember_pool(self, set_ref: str, pool_name: str, pool_id: uuid.UUID) -> None:
+        if len(self._pool_ids) >= MAX_SPELLINGS:
+            self._pool_ids.clear()  # spellings are many only if clients vary them
+        self._pool_ids[(set_ref, pool_name)] = pool_id
 
 
 class Claimer:

@@ -24,9 +24,6 @@ CLAIM = text(
 # The same on a plain connection in autocommit: one statement, so its own transaction.
 CLAIM_ONE = "SELECT * FROM claim_code($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)"
 
-# A coalesced batch: arrays of the recipients' fields, one statement and one commit.
-CLAIM_MANY = "SELECT * FROM claim_codes($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-
 # The set (by id, or by key) and its pool of that name in one query, so that a plain
 # claim costs two round trips in all. SET_COLUMNS: what a claim needs of the set (the
 # refusals of rules.ensure_usable, the ids and key of rules.public).
@@ -40,3 +37,33 @@ _SET_AND_POOL = """
 _COLUMNS = ", ".join(f"s.{name}" for name in SET_COLUMNS)
 SET_AND_POOL_BY_ID = _SET_AND_POOL.format(columns=_COLUMNS, match="s.id = $1::uuid")
 SET_AND_POOL_BY_KEY = _SET_AND_POOL.format(columns=_COLUMNS, match="lower(s.key) = lower($1)")
+
+# A coalesced batch with its lookup, in one statement (one round trip; behind PgBouncer,
+# where every statement is parsed again and costs two, half of the two statements'):
+# the set and pool as _SET_AND_POOL finds them, whether a claim may be made there
+# (``usable``: a unique set, the pool exists, rules.ensure_usable's refusals at the
+# statement's now()), and claim_codes() over the batch, which gets no recipient (so
+# claims nothing) unless usable. One row per recipient that holds or got a code, each
+# with the set's columns; one row with a NULL ``ord`` when none did; no row when the
+# set does not exist. $1 the set, $2 the pool name, $3-$7 the recipients' fields, $8
+# the scan hint.
+_CLAIM_BATCH = """
+    WITH target AS MATERIALIZED (
+        SELECT {columns}, p.id AS pool_id, p.name AS pool_name,
+               (s.kind = 'unique' AND p.id IS NOT NULL AND s.status <> 'archived'
+                AND (s.valid_from IS NULL OR s.valid_from <= now())
+                AND (s.valid_until IS NULL OR now() < s.valid_until)) AS usable
+        FROM coupon_sets s
+        LEFT JOIN pools p ON p.set_id = s.id AND lower(p.name) = lower($2)
+        WHERE {match}
+    )
+    SELECT t.*, c.ord, c.id AS code_id, c.code, c.assigned_at, c.address, c.channel,
+           c.delivery_id, c.additional, c.created
+    FROM target t
+    LEFT JOIN LATERAL claim_codes(
+        t.id, t.pool_id, t.pool_name, CASE WHEN t.usable THEN $3::text[] END,
+        $4::text[], $5::text[], $6::text[], $7::uuid[], $8::bigint
+    ) c ON true
+"""
+CLAIM_BATCH_BY_ID = _CLAIM_BATCH.format(columns=_COLUMNS, match="s.id = $1::uuid")
+CLAIM_BATCH_BY_KEY = _CLAIM_BATCH.format(columns=_COLUMNS, match="lower(s.key) = lower($1)")

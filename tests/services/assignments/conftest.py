@@ -49,8 +49,8 @@ def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def claims(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every claim made, in order: ``one`` (claim_code() on the plain pool), ``many``
-    (claim_codes(), a coalesced batch), ``session`` (claim_code() in the request's
-    transaction)."""
+    (claim_codes(), a coalesced batch whose set may hand out codes), ``session``
+    (claim_code() in the request's transaction)."""
     made: list[str] = []
 
     def counted(kind: str, original: Any) -> Any:
@@ -61,9 +61,16 @@ def claims(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return spy
 
     monkeypatch.setattr(claim.Claimer, "_claim_one", counted("one", claim.Claimer._claim_one))
-    monkeypatch.setattr(
-        claim.ClaimCoalescer, "_claim_many", counted("many", claim.ClaimCoalescer._claim_many)
-    )
+    original_many = claim.ClaimCoalescer._claim_many
+
+    async def many(*args: Any, **kwargs: Any) -> Any:
+        # The batch's statement finds the set and pool too: a claim only where it may.
+        rows = await original_many(*args, **kwargs)
+        if rows and rows[0]["usable"]:
+            made.append("many")
+        return rows
+
+    monkeypatch.setattr(claim.ClaimCoalescer, "_claim_many", staticmethod(many))
     monkeypatch.setattr(
         service, "_claim_in_savepoint", counted("session", service._claim_in_savepoint)
     )
