@@ -147,8 +147,8 @@ _UNUSABLE = object()  # the set refused the claim (archived, outside its validit
 class ClaimCoalescer:
     """Coalesces the concurrent claims of one pool: while a batch of the pool is in
     flight, new requests wait in the pool's queue; when it returns, the next batch
-    serves all of them on one connection with one lookup of the set and pool and one
-    ``claim_codes()`` call (one statement, so one transaction and one commit). A
+    serves all of them in one statement: the lookup of the set and pool, its check and
+    one ``claim_codes()`` call (so one round trip, transaction and commit). A
     request arriving at an idle pool is sent at once, so this adds no wait without
     load, and every request is served by a lookup that started after it arrived. The
     statement takes the recipients' advisory locks in sorted order (no deadlock between
