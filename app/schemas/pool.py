@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import Label, WriteModel
 
+# The last stock alert of a pool (docs/events.md, "Low-stock alerts").
+StockState = Literal["ok", "low", "exhausted"]
+
 
 class PoolCreate(WriteModel):
     name: Label
@@ -61,7 +64,7 @@ class PoolPublic(BaseModel):
     low_stock_days: float | None = Field(
         description="pool.low_stock fires when the days of stock left drop to this many"
     )
-    stock_state: Literal["ok", "low", "exhausted"] = Field(
+    stock_state: StockState = Field(
         description="The last stock alert sent: ok (none, or pool.restocked), low "
         "(pool.low_stock), exhausted (pool.exhausted)"
     )

@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models.coupon_set import SetKind
+from app.schemas.pool import StockState
 
 
 class CodeCounts(BaseModel):
@@ -72,6 +73,17 @@ class PoolStats(BaseModel):
     name: str
     codes: CodeCounts
     forecast: Forecast
+    stock_state: StockState = Field(
+        description="The pool's last stock alert: ok (none, or pool.restocked), low "
+        "(pool.low_stock), exhausted (pool.exhausted)"
+    )
+    stock_state_at: datetime | None = Field(description="When stock_state last changed")
+    low_stock_threshold: int | None = Field(
+        description="pool.low_stock fires when the free codes drop to this many"
+    )
+    low_stock_days: float | None = Field(
+        description="pool.low_stock fires when the days of stock left drop to this many"
+    )
 
 
 class SharedCounts(BaseModel):

@@ -20,6 +20,7 @@ from app.db import session_driver
 from app.errors import InvalidTimeline
 from app.models.coupon_set import CouponSet, SetKind
 from app.models.pool import Pool
+from app.schemas.pool import StockState
 from app.schemas.stats import (
     Activity,
     CodeCounts,
@@ -55,6 +56,10 @@ class PoolCounts:
     pool_id: uuid.UUID
     name: str
     created_at: datetime
+    stock_state: StockState
+    stock_state_at: datetime | None
+    low_stock_threshold: int | None
+    low_stock_days: float | None
     available: int
     assigned: int
     redeemed: int
@@ -193,6 +198,10 @@ async def set_stats(session: AsyncSession, *, coupon_set: CouponSet) -> SetStats
             name=r.name,
             codes=_counts([r]),
             forecast=forecast(daily.get(r.pool_id, {}), r.available, created_at=r.created_at),
+            stock_state=r.stock_state,
+            stock_state_at=r.stock_state_at,
+            low_stock_threshold=r.low_stock_threshold,
+            low_stock_days=r.low_stock_days,
         )
         for r in rows
     ]

@@ -187,7 +187,8 @@ WITH folded AS (
       AND r.hold_expires_at > now()
     GROUP BY c.pool_id
 )
-SELECT p.id AS pool_id, p.name, p.created_at,
+SELECT p.id AS pool_id, p.name, p.created_at, p.stock_state, p.stock_state_at,
+       p.low_stock_threshold, p.low_stock_days,
        coalesce(s.available, 0)::bigint AS available,
        coalesce(s.assigned, 0)::bigint AS assigned, coalesce(s.redeemed, 0)::bigint AS redeemed,
        coalesce(s.void, 0)::bigint AS void, coalesce(t.codes, 0)::bigint AS sent,

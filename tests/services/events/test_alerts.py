@@ -44,6 +44,8 @@ async def test_low_stock_fires_once_then_exhausted_then_restocked(
         2,
         "low",
     )
+    (pool,) = (await http.get("/v1/coupon-sets/spring/stats")).json()["pools"]
+    assert (pool["stock_state"], pool["low_stock_threshold"]) == ("low", 2)
     await assign(http, "spring", "r3")  # 1 left: still low, no new event
     await asyncio.sleep(0.5)
     later = {"types": "pool.low_stock", "after": page["next_cursor"]}
@@ -54,6 +56,8 @@ async def test_low_stock_fires_once_then_exhausted_then_restocked(
     shown = (await http.get("/v1/coupon-sets/spring/pools/default")).json()
     assert shown["stock_state"] == "exhausted"
     assert shown["stock_state_at"] is not None
+    (pool,) = (await http.get("/v1/coupon-sets/spring/stats")).json()["pools"]
+    assert (pool["stock_state"], pool["stock_state_at"]) == ("exhausted", shown["stock_state_at"])
 
     await add_codes(http, "spring", [f"T-{n}" for n in range(10)])
     page = await pool_events(http, page["next_cursor"], 1)
