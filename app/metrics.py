@@ -2,8 +2,9 @@
 template), those the lean assignment path answers included, into the registry that
 ``GET /metrics`` exposes."""
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,6 +21,16 @@ class InFlight:
 
     def __init__(self) -> None:
         self.requests = 0
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """A request idle for a while (a long poll between its looks) does not count
+        meanwhile: a client long-polling the feed does not hold the dispatcher back."""
+        self.requests -= 1
+        try:
+            yield
+        finally:
+            self.requests += 1
 
 
 class RequestMetrics(PrometheusInstrumentatorMiddleware):
@@ -65,3 +76,11 @@ async def _registry(request: Request) -> CollectorRegistry:
 
 
 Registry = Annotated[CollectorRegistry, Depends(_registry)]
+
+
+async def _in_flight(request: Request) -> InFlight:
+    in_flight: InFlight = request.app.state.in_flight
+    return in_flight
+
+
+RequestsInFlight = Annotated[InFlight, Depends(_in_flight)]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from app.auth import ReadKey
 from app.db import DriverPool
 from app.errors import InvalidCursor, ValidationFailed
+from app.metrics import RequestsInFlight
 from app.problems import problem_responses
 from app.schemas.events import EventPage, EventPublic
 from app.services.events import feed
@@ -48,6 +49,7 @@ async def list_events(
     _: ReadKey,
     pool: DriverPool,
     settings: SettingsDep,
+    in_flight: RequestsInFlight,
     after: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page")
     ] = None,
@@ -82,7 +84,8 @@ async def list_events(
             )
         if events or time.monotonic() >= deadline:
             break
-        await asyncio.sleep(min(settings.events_poll_seconds, deadline - time.monotonic()))
+        with in_flight.waiting():
+            await asyncio.sleep(min(settings.events_poll_seconds, deadline - time.monotonic()))
     last = events[-1].position if events else position
     return EventPage(
         items=[

@@ -52,3 +52,25 @@ async def test_a_share_of_one_never_pauses(dispatching: FastAPI) -> None:
         assert events.pause_after(0.5) == 0.0
     finally:
         dispatching.state.in_flight.requests -= 1
+
+
+async def test_a_long_poll_waiting_for_events_does_not_count(
+    dispatching: FastAPI, http: httpx.AsyncClient
+) -> None:
+    # The feed's end: page until a page is empty.
+    params: dict[str, str] = {"limit": "1000"}
+    while True:
+        page = (await http.get("/v1/events", params=params)).json()
+        params["after"] = page["next_cursor"]
+        if not page["items"]:
+            break
+    polling = asyncio.create_task(http.get("/v1/events", params={**params, "wait": "1.5"}))
+    seen = []
+    for _ in range(40):  # 1.2 s of the poll's 1.5 s wait
+        await asyncio.sleep(0.03)
+        seen.append(dispatching.state.in_flight.requests)
+    answer = await polling
+    assert (answer.status_code, answer.json()["items"]) == (200, [])
+    # Only while it looks (a read of the feed, milliseconds) does it count.
+    assert seen.count(0) >= 0.8 * len(seen), seen
+    assert dispatching.state.in_flight.requests == 0
