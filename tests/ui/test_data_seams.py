@@ -9,8 +9,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.services import api_keys, coupon_sets
 from app.ui import charts, data
-from tests.helpers import add_codes, create_set
+from tests.conftest import ADMIN_SECRET
+from tests.helpers import add_codes, assign, create_set, redeem
 from tests.ui.test_web import sign_in, ui_client
 
 
@@ -108,3 +110,36 @@ def test_the_day_chart_scales_to_the_busiest_day() -> None:
     assert heights[0] == ("2026-11-01", "assigned", 120.0)
     assert heights[1] == ("2026-11-01", "redeemed", 60.0)
     assert heights[2] == ("2026-11-02", "assigned", 0.0)
+
+
+async def test_the_set_list_gives_each_set_what_its_own_page_does(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await create_set(client, key="busy")
+    await add_codes(client, "busy", [f"B{n}" for n in range(20)])
+    for n in range(12):
+        assert (await assign(client, "busy", f"r{n}")).status_code == 201
+    await create_set(client, key="idle")
+    await add_codes(client, "idle", ["I1"])
+    await create_set(client, key="shared", kind="shared", shared_code="ALL10", max_uses=5)
+    for n in range(3):
+        redeemed = await redeem(client, "ALL10", recipient_id=f"s{n}", order_id=f"o{n}")
+        assert redeemed.status_code == 201, redeemed.text
+    await create_set(client, key="unlimited", kind="shared", shared_code="ANY5")
+    async with app.state.sessionmaker() as session:
+        sets = [
+            await coupon_sets.get_coupon_set(session, key)
+            for key in ("busy", "idle", "shared", "unlimited")
+        ]
+        key = await api_keys.find_active(session, secret=ADMIN_SECRET, cache=app.state.key_cache)
+        assert key is not None
+        page = await data.set_list_stats(session, key, sets)
+        one_by_one = {s.id: await data.set_stats(session, key, s) for s in sets}
+    assert page == one_by_one
+    busy, idle, shared, unlimited = (page[s.id] for s in sets)
+    assert busy.assigned_per_day
+    assert busy.days_of_stock_left is not None
+    assert idle.days_of_stock_left is None
+    assert shared.assigned_per_day
+    assert shared.days_of_stock_left is not None
+    assert unlimited.days_of_stock_left is None

@@ -278,6 +278,21 @@ FROM (
 GROUP BY 1, 2, 3
 """
 
+# The daily counts the forecast weighs for the sets of a page ($1), since $2: per set and
+# day of age, assignments and redemptions (RECENT_ACTIVITY without the pools).
+DAILY_OF_SETS = """
+SELECT set_id, floor(extract(epoch FROM now() - bucket) / 86400)::int AS age_days,
+       sum(assigned)::bigint AS assigned, sum(redeemed)::bigint AS redeemed
+FROM (
+    SELECT set_id, bucket, assigned, redeemed FROM activity_buckets
+    WHERE set_id = ANY($1::uuid[]) AND bucket >= $2
+    UNION ALL
+    SELECT set_id, bucket, n_assigned, n_redeemed FROM stats_deltas
+    WHERE set_id = ANY($1::uuid[]) AND bucket >= $2
+) AS events
+GROUP BY 1, 2
+"""
+
 # A timeline: bucket starts cut in the time zone $4 (hours: the local hour's start,
 # then whole hours; days and weeks: local calendar days and ISO weeks, so a day with a
 # clock change has 23 or 25 hours), from the bucket holding $2 to the last starting
