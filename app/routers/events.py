@@ -41,7 +41,8 @@ def _types(given: list[str] | None) -> list[EventType] | None:
     description="Every event that committed, in a stable order: pass each page's "
     "`next_cursor` as `after` to read on, never missing one (docs/events.md explains the "
     "order). Without `after`, from the oldest event kept (`COUPONS_EVENTS_RETENTION_DAYS`). "
-    "With `wait`, an empty answer waits up to that many seconds for an event.",
+    "With `wait`, an empty answer waits up to that many seconds for an event (at most "
+    "`COUPONS_EVENTS_MAX_WAIT_SECONDS`, 30 by default).",
     responses=problem_responses(InvalidCursor),
 )
 async def list_events(
@@ -49,7 +50,12 @@ async def list_events(
     pool: DriverPool,
     settings: SettingsDep,
     after: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+        str | None,
+        Query(
+            max_length=200,
+            description="`next_cursor` of the previous page",
+            json_schema_extra={"pattern": feed.CURSOR},
+        ),
     ] = None,
     types: Annotated[
         list[str] | None,
@@ -69,7 +75,7 @@ async def list_events(
     chosen = _types(types)
     actions, kinds = audit_actions(chosen), outbox_types(chosen)
     retention = timedelta(days=settings.events_retention_days)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + min(wait, settings.events_max_wait_seconds)
     while True:
         async with pool.acquire() as conn:
             events = await feed.read(
