@@ -3,15 +3,16 @@ activity."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 
 from app.auth import ReadKey
 from app.db import Session
 from app.errors import InvalidCursor
-from app.pagination import PageQuery
+from app.pagination import PageParams, page_query
 from app.problems import problem_responses
 from app.schemas.recipient import ActivityPage, RecipientCouponPage
 from app.services import recipients
+from app.services.recipients import ACTIVITY_CURSOR, COUPONS_CURSOR
 
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
 
@@ -25,6 +26,8 @@ RecipientId = Annotated[
         examples=["contact-42"],
     ),
 ]
+CouponsPageQuery = Annotated[PageParams, Depends(page_query(COUPONS_CURSOR))]
+ActivityPageQuery = Annotated[PageParams, Depends(page_query(ACTIVITY_CURSOR))]
 
 
 @router.get(
@@ -37,7 +40,7 @@ RecipientId = Annotated[
     responses=problem_responses(InvalidCursor),
 )
 async def list_recipient_coupons(
-    _: ReadKey, recipient_id: RecipientId, session: Session, page: PageQuery
+    _: ReadKey, recipient_id: RecipientId, session: Session, page: CouponsPageQuery
 ) -> RecipientCouponPage:
     return await recipients.list_coupons(session, recipient_id=recipient_id, params=page)
 
@@ -53,6 +56,6 @@ async def list_recipient_coupons(
     responses=problem_responses(InvalidCursor),
 )
 async def list_recipient_activity(
-    _: ReadKey, recipient_id: RecipientId, session: Session, page: PageQuery
+    _: ReadKey, recipient_id: RecipientId, session: Session, page: ActivityPageQuery
 ) -> ActivityPage:
     return await recipients.list_activity(session, recipient_id=recipient_id, params=page)

@@ -173,7 +173,9 @@ async def test_page_size_is_capped(client: httpx.AsyncClient) -> None:
     assert response.json()["errors"][0]["loc"] == ["query", "limit"]
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "bm90fGEtdXVpZA", "MjAyNi0wMS0wMXx4"])
+@pytest.mark.parametrize(
+    "cursor", ["garbage", "bm90fGEtdXVpZA", "1.xyz", "1." + "0" * 31, "1." + "A" * 32, "1.2"]
+)
 async def test_a_damaged_cursor_is_refused(client: httpx.AsyncClient, cursor: str) -> None:
     response = await client.get("/v1/coupon-sets", params={"cursor": cursor})
     assert response.status_code == 422

@@ -1,5 +1,4 @@
 import asyncio
-import base64
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -128,25 +127,24 @@ async def test_a_bad_cursor_is_a_422_problem(client: httpx.AsyncClient) -> None:
     await _two_sets(client)
     await assign(client, "spring", "ann")
 
-    def b64(raw: str) -> str:
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-    activity_cursor = encode_key_cursor("activity", "2026-01-01T00:00:00+00:00", 1, 5)
+    moment = "1767225600000000"  # 2026-01-01, in microseconds since 1970
+    activity_cursor = encode_key_cursor(moment, 1, 5)
+    set_id = "ab" * 16
     bad = {
         "coupons": [
             "not-a-cursor!",
-            b64("coupons|nope|1"),
-            b64("coupons|00000000-0000-0000-0000-000000000000"),
+            "nope.1",
+            set_id,
+            f"{set_id.upper()}.1",
             activity_cursor,
-            b64("id|5"),
+            "5",
         ],
         "activity": [
             "%%%",
-            b64("activity|2026-01-01T00:00:00|1|5"),  # no offset
-            b64("activity|2026-01-01T00:00:00+00:00|7|5"),
-            b64("activity|2026-01-01T00:00:00+00:00|1|x"),
-            b64("activity|2026-01-01T00:00:00+00:00|0|5"),  # a hold's id is a uuid
-            encode_key_cursor("coupons", "00000000-0000-0000-0000-000000000000", 1),
+            f"{moment}.7.5",  # no such source
+            f"{moment}.1.x",
+            f"{moment}.0.5",  # a hold's id is a uuid
+            encode_key_cursor(set_id, 1),
         ],
     }
     for kind, cursors in bad.items():
