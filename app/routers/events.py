@@ -1,6 +1,7 @@
 """/v1/events: the event feed, for callers that cannot receive webhooks."""
 
 import asyncio
+import re
 import time
 from datetime import timedelta
 from typing import Annotated
@@ -19,6 +20,9 @@ from app.settings import SettingsDep
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 MAX_WAIT = 30.0
+# What `types` accepts: known types separated by commas, blanks around them ignored.
+_TYPE = "|".join(re.escape(t.value) for t in EventType)
+TYPES_PATTERN = rf"^\s*(?:(?:{_TYPE})\s*)?(?:,\s*(?:(?:{_TYPE})\s*)?)*$"
 
 
 def _types(given: list[str] | None) -> list[EventType] | None:
@@ -63,6 +67,7 @@ async def list_events(
             max_length=len(EventType),
             description="Only these types (repeat the parameter, or separate by commas)",
             examples=["code.assigned,pool.low_stock"],
+            json_schema_extra={"items": {"type": "string", "pattern": TYPES_PATTERN}},
         ),
     ] = None,
     wait: Annotated[
@@ -71,7 +76,7 @@ async def list_events(
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page")] = 100,
 ) -> EventPage:
-    position = feed.decode_position(after) if after else feed.START
+    position = feed.decode_position(after) if after is not None else feed.START
     chosen = _types(types)
     actions, kinds = audit_actions(chosen), outbox_types(chosen)
     retention = timedelta(days=settings.events_retention_days)

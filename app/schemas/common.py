@@ -33,11 +33,14 @@ def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# What a label may hold, for the document: something visible, no control character.
+_LABEL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+
 Label = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_clean_text),
-    Field(examples=["Spring sale 2026"]),
+    Field(examples=["Spring sale 2026"], json_schema_extra={"pattern": _LABEL_PATTERN}),
 ]
 
 

@@ -13,6 +13,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 from app.models.coupon_set import MatchMode, SetKind, SetStatus
 from app.schemas.common import Description, Instant, Label, Metadata, WriteModel
@@ -55,7 +56,22 @@ def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> 
         raise ValueError("valid_from must be before valid_until")
 
 
+_NULL: JsonDict = {"type": "null"}
+# The rules between fields that `_consistent` checks, for the document: a shared set
+# has its shared_code and no fallback_code; a unique one none of the shared options.
+_KIND_RULES: JsonDict = {
+    "if": {"properties": {"kind": {"const": "shared"}}, "required": ["kind"]},
+    "then": {
+        "required": ["shared_code"],
+        "properties": {"shared_code": {"type": "string"}, "fallback_code": _NULL},
+    },
+    "else": {"properties": {"shared_code": _NULL, "max_uses": _NULL, "per_recipient_limit": _NULL}},
+}
+
+
 class CouponSetCreate(WriteModel):
+    model_config = ConfigDict(json_schema_extra=_KIND_RULES)
+
     label: Label
     key: SetKey | None = Field(default=None, description="Generated from the label when absent")
     kind: SetKind = SetKind.unique
@@ -133,6 +149,7 @@ class CouponSetUpdate(WriteModel):
         for name in ("label", "key", "shared_code", "metadata", "bind_to_recipient"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
+        _check_window(self.valid_from, self.valid_until)
         return self
 
 

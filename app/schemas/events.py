@@ -17,6 +17,7 @@ EndpointUrl = Annotated[
         description="Where events are POSTed: https (http outside production), a public "
         "address unless COUPONS_WEBHOOK_ALLOW_PRIVATE=true",
         examples=["https://hooks.example.com/coupons"],
+        json_schema_extra={"pattern": r"^\s*[hH][tT][tT][pP][sS]?://"},
     ),
 ]
 

@@ -205,9 +205,7 @@ async def test_patch_changes_only_the_fields_sent(client: httpx.AsyncClient) -> 
         {"label": None},
         {"key": None},
         {"metadata": None},
-        {"shared_code": "X"},
-        {"max_uses": 3},
-        {"valid_from": "2030-01-01T00:00:00Z"},
+        {"valid_from": "2031-01-01T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"},
     ],
 )
 async def test_patch_refuses_what_it_cannot_apply(
@@ -217,6 +215,24 @@ async def test_patch_refuses_what_it_cannot_apply(
     response = await client.patch(f"/v1/coupon-sets/{created['id']}", json=change)
     assert response.status_code == 422, response.text
     assert problem_type(response) == "validation-error"
+    assert (await client.get(f"/v1/coupon-sets/{created['id']}")).json() == created
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"shared_code": "X"}, "wrong-set-kind"),
+        ({"max_uses": 3}, "wrong-set-kind"),
+        ({"valid_from": "2030-01-01T00:00:00Z"}, "validity-window"),
+    ],
+)
+async def test_patch_conflicting_with_the_stored_set_is_409(
+    client: httpx.AsyncClient, change: dict[str, object], problem: str
+) -> None:
+    created = await create_set(client, valid_until="2029-01-01T00:00:00Z")
+    response = await client.patch(f"/v1/coupon-sets/{created['id']}", json=change)
+    assert response.status_code == 409, response.text
+    assert problem_type(response) == problem
     assert (await client.get(f"/v1/coupon-sets/{created['id']}")).json() == created
 
 
