@@ -1,0 +1,52 @@
+"""Schemathesis hooks for tests/live/test_fuzz.py (loaded through SCHEMATHESIS_HOOKS):
+rules of the API that a JSON Schema cannot state, kept by the requests the fuzzer
+means to be valid, so that its checks judge what the document does state.
+
+- An Idempotency-Key names one request: the same key with another request is refused
+  (`422 idempotency-key-reused`, as documented). The fuzzer draws the same few keys
+  ("0", "!") for many requests, so each well-formed key gets a unique tail; malformed
+  keys (negative cases) go out as drawn.
+- A key's `expires_at` must be in the future, and a set's `valid_from` before its
+  `valid_until`: comparisons with the clock or another field."""
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import schemathesis
+from schemathesis import Case
+
+from app.idempotency import KEY_PATTERN
+
+_WELL_FORMED = re.compile(KEY_PATTERN)
+_HEADER = "Idempotency-Key"
+
+
+def _instant(value: object) -> datetime | None:
+    """``value`` as an instant with its offset (what the API reads), else None."""
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
+
+
+def _positive(case: Case) -> bool:
+    return case.meta is None or case.meta.generation.mode.is_positive
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Case, kwargs: dict[str, Any]) -> None:
+    key = (case.headers or {}).get(_HEADER)
+    if isinstance(key, str) and _WELL_FORMED.match(key):
+        case.headers[_HEADER] = f"{key[:222]}-{uuid.uuid4().hex}"
+    body = case.body
+    if not isinstance(body, dict) or not _positive(case):
+        return
+    expires = _instant(body.get("expires_at"))
+    if expires is not None and expires <= datetime.now(UTC):
+        body["expires_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    start, end = _instant(body.get("valid_from")), _instant(body.get("valid_until"))
+    if start is not None and end is not None and start >= end:
+        del body["valid_until"]
