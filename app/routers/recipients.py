@@ -4,6 +4,7 @@ activity."""
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from app.auth import ReadKey
 from app.db import Session
@@ -16,7 +17,17 @@ from app.services.recipients import ACTIVITY_CURSOR, COUPONS_CURSOR
 
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
 
-# `path`: a recipient id may hold a slash (sent as %2F), as the assignment body allows.
+
+class _AnyText(PathConvertor):
+    """Starlette's `path` (``.*``) without its one gap: a line break, which a recipient id
+    may hold as the assignment body allows (sent as %0A)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("any_text", _AnyText())
+
+# `any_text`: a recipient id may hold a slash (sent as %2F) or a line break.
 RecipientId = Annotated[
     str,
     Path(
@@ -31,7 +42,7 @@ ActivityPageQuery = Annotated[PageParams, Depends(page_query(ACTIVITY_CURSOR))]
 
 
 @router.get(
-    "/{recipient_id:path}/coupons",
+    "/{recipient_id:any_text}/coupons",
     summary="A contact's coupons across sets",
     description="Every code of a unique set and every assignment of a shared set's code "
     "this recipient holds, in any set: grouped by set, within a set in the order the "
@@ -46,7 +57,7 @@ async def list_recipient_coupons(
 
 
 @router.get(
-    "/{recipient_id:path}/activity",
+    "/{recipient_id:any_text}/activity",
     summary="What happened to a contact's coupons, newest first",
     description="From the audit trail: `assigned`, `redeemed`, `held`, `hold_confirmed`, "
     "`hold_released`, `rolled_back`, `returned` (given back by a return or a delivery's "

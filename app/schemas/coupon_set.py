@@ -16,7 +16,15 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from app.models.coupon_set import MatchMode, SetKind, SetStatus
-from app.schemas.common import Description, Instant, Label, Metadata, WriteModel
+from app.schemas.common import (
+    Description,
+    Flag,
+    Instant,
+    Label,
+    Metadata,
+    NotNull,
+    WriteModel,
+)
 from app.schemas.page import Page
 from app.schemas.stats import SetGlance
 
@@ -45,7 +53,7 @@ SetKey = Annotated[
 SharedCode = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
+        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$"
     ),
     Field(description="The one code every recipient of a shared set gets", examples=["WELCOME15"]),
 ]
@@ -91,7 +99,7 @@ class CouponSetCreate(WriteModel):
     per_recipient_limit: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Shared sets: uses allowed per recipient"
     )
-    bind_to_recipient: bool = Field(
+    bind_to_recipient: Flag = Field(
         default=False,
         description="A code may be redeemed only by the recipient it was assigned to",
     )
@@ -126,16 +134,16 @@ class CouponSetUpdate(WriteModel):
     """Only the fields sent change; null clears an optional field. The kind is fixed
     at creation and the status changes through archive/unarchive."""
 
-    label: Label | None = None
-    key: SetKey | None = None
-    shared_code: SharedCode | None = None
+    label: Label | NotNull = None
+    key: SetKey | NotNull = None
+    shared_code: SharedCode | NotNull = None
     max_uses: int | None = Field(default=None, ge=1, le=2_000_000_000)
     valid_from: Instant | None = None
     valid_until: Instant | None = None
     description: Description | None = None
-    metadata: Metadata | None = None
+    metadata: Metadata | NotNull = None
     per_recipient_limit: int | None = Field(default=None, ge=1, le=1_000_000)
-    bind_to_recipient: bool | None = None
+    bind_to_recipient: Flag | NotNull = None
     fallback_code: SharedCode | None = None
     expiry_warning_days: int | None = Field(
         default=None,

@@ -6,7 +6,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import Label, WriteModel
+from app.schemas.common import Label, NotNull, WriteModel
 
 
 class PoolCreate(WriteModel):
@@ -16,7 +16,7 @@ class PoolCreate(WriteModel):
 class PoolUpdate(WriteModel):
     """Only the fields sent change; null clears a low-stock limit."""
 
-    name: Label | None = None
+    name: Label | NotNull = None
     low_stock_threshold: int | None = Field(
         default=None,
         ge=0,

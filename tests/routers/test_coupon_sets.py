@@ -270,3 +270,18 @@ async def test_delete_an_unused_set(client: httpx.AsyncClient) -> None:
     assert response.content == b""
     assert (await client.get(f"/v1/coupon-sets/{created['id']}")).status_code == 404
     assert (await client.delete(f"/v1/coupon-sets/{created['id']}")).status_code == 404
+
+
+async def test_instants_are_strings_and_flags_are_booleans(client: httpx.AsyncClient) -> None:
+    # Lax parsing would read 0 or "0" as 1970 and 0 as false; the document says otherwise.
+    for body in (
+        {"label": "Spring", "valid_from": 0},
+        {"label": "Spring", "valid_until": "1700000000"},
+        {"label": "Spring", "bind_to_recipient": 0},
+    ):
+        response = await client.post("/v1/coupon-sets", json=body)
+        assert response.status_code == 422, body
+    s = await create_set(client, valid_from="2026-01-01T00:00:00Z")
+    assert s["valid_from"] == "2026-01-01T00:00:00Z"
+    response = await client.get(f"/v1/coupon-sets/{s['id']}/stats/timeline", params={"to": "0.5"})
+    assert response.status_code == 422

@@ -2,6 +2,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -114,12 +115,15 @@ async def test_coupons_page_through_both_kinds_without_gaps(client: httpx.AsyncC
     assert exact["next_cursor"] is None, "a full last page says that nothing follows"
 
 
-async def test_a_recipient_id_with_a_slash(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize(("recipient", "in_path"), [("team/ann", "team%2Fann"), ("a\nb", "a%0Ab")])
+async def test_a_recipient_id_with_a_slash_or_a_line_break(
+    client: httpx.AsyncClient, recipient: str, in_path: str
+) -> None:
     await _two_sets(client)
-    await assign(client, "spring", "team/ann")
-    items = (await client.get("/v1/recipients/team%2Fann/coupons")).json()["items"]
+    await assign(client, "spring", recipient)
+    items = (await client.get(f"/v1/recipients/{in_path}/coupons")).json()["items"]
     assert len(items) == 1
-    activity = (await client.get("/v1/recipients/team%2Fann/activity")).json()["items"]
+    activity = (await client.get(f"/v1/recipients/{in_path}/activity")).json()["items"]
     assert [a["action"] for a in activity] == ["assigned"]
 
 
