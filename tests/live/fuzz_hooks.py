@@ -7,7 +7,14 @@ means to be valid, so that its checks judge what the document does state.
   ("0", "!") for many requests, so each well-formed key gets a unique tail; malformed
   keys (negative cases) go out as drawn.
 - A key's `expires_at` must be in the future, and a set's `valid_from` before its
-  `valid_until`: comparisons with the clock or another field."""
+  `valid_until`: comparisons with the clock or another field.
+- A code must show something once matching ignores separators and invisible characters
+  (an exact set's code must hide none): Unicode categories, which a JSON Schema pattern
+  cannot name. A drawn code that breaks it is replaced by a plain one.
+- An import's form fields come before its file part (the file is streamed, so its options
+  must be known first): an order of parts, which a schema of an object cannot state.
+- A CSV list of targets starts with a header naming a `recipient_id` column: the grammar
+  of CSV, not a string's shape. A drawn CSV body gets that header line."""
 
 import re
 import uuid
@@ -18,9 +25,11 @@ import schemathesis
 from schemathesis import Case
 
 from app.idempotency import KEY_PATTERN
+from app.models.code import normalise, refusal
 
 _WELL_FORMED = re.compile(KEY_PATTERN)
 _HEADER = "Idempotency-Key"
+_CODES = ("code", "shared_code", "fallback_code")
 
 
 def _instant(value: object) -> datetime | None:
@@ -30,6 +39,13 @@ def _instant(value: object) -> datetime | None:
     except ValueError:
         return None
     return moment if moment is not None and moment.tzinfo is not None else None
+
+
+def _shows_something(value: str) -> bool:
+    code = value.strip()
+    return all(
+        refusal(code, normalise(code, exact=exact), exact=exact) is None for exact in (False, True)
+    )
 
 
 def _positive(case: Case) -> bool:
@@ -42,8 +58,17 @@ def before_call(context: Any, case: Case, kwargs: dict[str, Any]) -> None:
     if isinstance(key, str) and _WELL_FORMED.match(key):
         case.headers[_HEADER] = f"{key[:222]}-{uuid.uuid4().hex}"
     body = case.body
-    if not isinstance(body, dict) or not _positive(case):
+    if isinstance(body, dict) and "file" in body:
+        body["file"] = body.pop("file")
+    if not _positive(case):
         return
+    if case.media_type == "text/csv" and isinstance(body, str):
+        case.body = f"recipient_id\n{body}"
+    if not isinstance(body, dict):
+        return
+    for name in _CODES:
+        if isinstance(body.get(name), str) and not _shows_something(body[name]):
+            body[name] = "FUZZ-1"
     expires = _instant(body.get("expires_at"))
     if expires is not None and expires <= datetime.now(UTC):
         body["expires_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
