@@ -12,9 +12,10 @@ from app.schemas.delivery import TargetsAdd
 # Models referred to from ``openapi_extra`` bodies, which FastAPI does not collect.
 _EXTRA_MODELS: tuple[type[BaseModel], ...] = (TargetsAdd,)
 
-# What WriteModel refuses in every body, for the document: a NUL, which PostgreSQL cannot
-# store (a lone surrogate, refused too, is no Unicode character: no JSON Schema string
-# holds one). Free-form JSON refers to FreeJson, which says it of every string inside.
+# What WriteModel refuses in every body, and the database in a path or query parameter
+# (app.problems), for the document: a NUL, which PostgreSQL cannot store (a lone
+# surrogate, refused too, is no Unicode character: no JSON Schema string holds one).
+# Free-form JSON refers to FreeJson, which says it of every string inside.
 _NO_NUL = r"^[^\x00]*$"
 _FREE_JSON = "#/components/schemas/FreeJson"
 # Keywords apply to the values of their type only: no "type" (any JSON value) and no
@@ -153,11 +154,6 @@ _LINKS: dict[str, tuple[str, dict[str, tuple[str, dict[str, str]]]]] = {
 }
 
 
-# What a link fills in its target's body (merged into the rest): a new set has the
-# pool "default" and no other (a shared set ignores the pool).
-_LINK_BODIES: dict[str, dict[str, Any]] = {"AssignCode": {"pool": "default"}}
-
-
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/headers/{name}"}
 
@@ -179,6 +175,9 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
     components["headers"] = _HEADERS
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") in ("path", "query"):
+                    _state_storable(parameter["schema"])
             idempotent = any(
                 p.get("name") == "Idempotency-Key" for p in operation.get("parameters", [])
             )
@@ -195,7 +194,6 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                 status, links = _LINKS[operation["operationId"]]
                 operation["responses"][status]["links"] = {
                     name: {"operationId": target, "parameters": parameters}
-                    | ({"requestBody": _LINK_BODIES[name]} if name in _LINK_BODIES else {})
                     for name, (target, parameters) in links.items()
                 }
     return schema
