@@ -64,6 +64,13 @@ class CodesAdded(BaseModel):
     duplicate_codes: list[str] = Field(description="The duplicates (at most the first 100)")
 
 
+GeneratorPattern = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    # `_one_shape` checks it, with a message that says why.
+    Field(json_schema_extra={"pattern": r"^[^\x00]*[#?][^\x00]*$"}),
+]
+
 # `_one_shape`, for the document: a pattern or a length, not both (if/then/else, which
 # generated clients read past, where a oneOf would split the model in two).
 _ONE_SHAPE: dict[str, Any] = {
@@ -80,13 +87,7 @@ class CodesGenerate(WriteModel):
     model_config = ConfigDict(json_schema_extra=_ONE_SHAPE)
 
     count: int = Field(ge=1, le=MAX_GENERATE)
-    pattern: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=100,
-        pattern=r"^[^\x00]*[#?][^\x00]*$",
-        examples=["SPRING-####-????"],
-    )
+    pattern: GeneratorPattern | None = Field(default=None, examples=["SPRING-####-????"])
     length: int | None = Field(default=None, ge=4, le=64)
     charset: Literal["alphanumeric", "letters", "digits", "unambiguous"] | str = Field(
         default="unambiguous",
