@@ -81,6 +81,10 @@ class WrongSetKind(Conflict):
     slug, title = "wrong-set-kind", "The operation does not apply to this kind of set"
 
 
+class WindowConflict(Conflict):
+    slug, title = "validity-window", "valid_from would not be before valid_until"
+
+
 class SetArchived(Conflict):
     slug, title = "set-archived", "The coupon set is archived"
 

@@ -108,6 +108,8 @@ async def idempotency_key(
             alias="Idempotency-Key",
             description="Any unique string (a UUID): retries with the same key and body "
             "get the first response instead of running again. Kept 24 hours.",
+            # Documented only: checked below, with a message of its own.
+            json_schema_extra={"pattern": KEY_PATTERN},
         ),
     ] = None,
 ) -> str | None:

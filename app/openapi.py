@@ -27,6 +27,14 @@ add members of their own: `pool-exhausted` has `pool` and `counts`, `forbidden` 
 `required_scope`, `max-uses-reached` has `limit` (`max_uses` or `per_recipient`),
 `ambiguous-code` has `sets`. `429` and `503` carry `Retry-After`.
 
+`422 validation-error` is a request the OpenAPI document does not allow, one breaking a
+rule a schema cannot state (a code with nothing visible in it, an import's form field
+after its file part), or one at odds with itself (a set whose own `valid_from` is not
+before its `valid_until`); a request
+at odds with what is stored is `409` (a `PATCH` giving a unique set a shared option is
+`wrong-set-kind`, one moving a window past the bound the set keeps `validity-window`).
+A cursor not of its list's documented shape, an empty one included, is `invalid-cursor`.
+
 This page is written by `make openapi`.
 
 | status | type | meaning |

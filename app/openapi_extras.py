@@ -6,10 +6,55 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app.schemas.common import WriteModel
 from app.schemas.delivery import TargetsAdd
 
 # Models referred to from ``openapi_extra`` bodies, which FastAPI does not collect.
 _EXTRA_MODELS: tuple[type[BaseModel], ...] = (TargetsAdd,)
+
+# What WriteModel refuses in every body, and the database in a path or query parameter
+# (app.problems), for the document: a NUL, which PostgreSQL cannot store (a lone
+# surrogate, refused too, is no Unicode character: no JSON Schema string holds one).
+# Free-form JSON refers to FreeJson, which says it of every string inside.
+_NO_NUL = r"^[^\x00]*$"
+_FREE_JSON = "#/components/schemas/FreeJson"
+# Keywords apply to the values of their type only: no "type" (any JSON value) and no
+# anyOf, which openapi-python-client cannot parse when it refers to itself.
+_FREE_JSON_VALUE: dict[str, Any] = {
+    "description": "Any JSON value whose strings and keys hold no NUL character (which "
+    "PostgreSQL cannot store)",
+    "pattern": _NO_NUL,
+    "items": {"$ref": _FREE_JSON},
+    "propertyNames": {"pattern": _NO_NUL},
+    "additionalProperties": {"$ref": _FREE_JSON},
+}
+
+
+def _state_storable(schema: dict[str, Any]) -> None:
+    """Add to ``schema`` (a body field's, in place) that its strings hold no NUL; a string
+    with a pattern or a format has its own rule."""
+    for part in (*schema.get("anyOf", ()), *schema.get("oneOf", ()), *schema.get("allOf", ())):
+        _state_storable(part)
+    kind = schema.get("type")
+    if kind == "string" and not schema.keys() & {"pattern", "enum", "const", "format"}:
+        schema["pattern"] = _NO_NUL
+    elif kind == "array" and isinstance(schema.get("items"), dict):
+        _state_storable(schema["items"])
+    elif kind == "object" and "properties" not in schema:
+        schema["propertyNames"] = {"pattern": _NO_NUL}
+        values = schema.get("additionalProperties", True)
+        if values is True or values == {}:
+            schema["additionalProperties"] = {"$ref": _FREE_JSON}
+        elif isinstance(values, dict):
+            _state_storable(values)
+
+
+def _write_models(kind: type[WriteModel] = WriteModel) -> dict[str, type[WriteModel]]:
+    found: dict[str, type[WriteModel]] = {}
+    for sub in kind.__subclasses__():
+        found |= {sub.__name__: sub, **_write_models(sub)}
+    return found
+
 
 # Operations whose 201/202 answer names the new (or running) resource in ``Location``.
 _LOCATION = {
@@ -121,9 +166,18 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
         for name, definition in model_schema.pop("$defs", {}).items():
             schemas.setdefault(name, definition)
         schemas.setdefault(model.__name__, model_schema)
+    for name, model in _write_models().items():
+        for field_name, field in schemas.get(name, {}).get("properties", {}).items():
+            # Items checked one by one are refused one by one, in a 200 answer.
+            if field_name not in model.checked_per_item:
+                _state_storable(field)
+    schemas["FreeJson"] = _FREE_JSON_VALUE
     components["headers"] = _HEADERS
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") in ("path", "query"):
+                    _state_storable(parameter["schema"])
             idempotent = any(
                 p.get("name") == "Idempotency-Key" for p in operation.get("parameters", [])
             )

@@ -2,13 +2,17 @@
 
 A cursor is the position of the last row of a page, opaque to clients. Keyset
 pagination stays fast on any page and never skips or repeats a row while rows
-are added."""
+are added.
 
-import base64
-import binascii
+Each list documents the shape of its cursors (a pattern on the ``cursor`` parameter):
+the parts of a sort key joined by ``.``, each of a fixed alphabet (digits, a UUID's 32
+hex digits), so that every cursor of the shape is a position in the list and anything
+else is refused as ``invalid-cursor`` before the list is read."""
+
+import re
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
@@ -22,9 +26,19 @@ from app.schemas.page import Page
 MAX_PAGE_SIZE = 200
 DAMAGED = "The cursor was not issued by this API or is damaged."
 
+# The parts of a cursor: a bigint (at most 18 digits, so any of them fits), an instant
+# as microseconds since 1970 (17 digits reach the year 5138), a UUID as hex.
+INT_PART = "[0-9]{1,18}"
+INSTANT_PART = "[0-9]{1,17}"
+UUID_PART = "[0-9a-f]{32}"
+# The shapes of the lists' cursors: (created_at, id) and a bigint row id.
+TIME_CURSOR = rf"^{INSTANT_PART}\.{UUID_PART}$"
+ID_CURSOR = rf"^{INT_PART}$"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 P = TypeVar("P", bound=Page[Any])
 R = TypeVar("R", bound=Entity)
-V = TypeVar("V")
 
 
 class PageParams(BaseModel):
@@ -32,30 +46,65 @@ class PageParams(BaseModel):
     cursor: str | None
 
 
-async def page_params(
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
-    ] = None,
-) -> PageParams:
-    return PageParams(limit=limit, cursor=cursor)
+def page_query(cursor_shape: str) -> Callable[..., Awaitable[PageParams]]:
+    """The dependency reading ``limit`` and ``cursor`` for a list whose cursors have
+    the shape ``cursor_shape`` (documented on the parameter, checked when decoded)."""
+
+    async def page_params(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size")] = 50,
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=200,
+                description="`next_cursor` of the previous page",
+                json_schema_extra={"pattern": cursor_shape},
+            ),
+        ] = None,
+    ) -> PageParams:
+        return PageParams(limit=limit, cursor=cursor)
+
+    return page_params
+
+
+# Lists ordered by (created_at, id), and lists ordered by a bigint row id.
+PageQuery = Annotated[PageParams, Depends(page_query(TIME_CURSOR))]
+IdPageQuery = Annotated[PageParams, Depends(page_query(ID_CURSOR))]
+
+
+def instant_part(moment: datetime) -> str:
+    return str((moment - _EPOCH) // timedelta(microseconds=1))
+
+
+def parse_instant(text: str) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(text))
+
+
+def parse_uuid(text: str) -> uuid.UUID:
+    return uuid.UUID(hex=text)
+
+
+def encode_key_cursor(*parts: object) -> str:
+    """A cursor holding a list's sort key: ``parts`` already in their cursor form
+    (``instant_part``, a UUID's ``hex``, an int)."""
+    return ".".join(str(part) for part in parts)
+
+
+def decode_key_cursor(cursor: str, shape: str, *parsers: Callable[[str], Any]) -> list[Any]:
+    """The sort key ``encode_key_cursor`` wrote, if ``cursor`` has the list's ``shape``,
+    each part read by its parser."""
+    if not re.fullmatch(shape, cursor):
+        raise InvalidCursor(DAMAGED)
+    parts = cursor.split(".")
+    return [parse(part) for parse, part in zip(parsers, parts, strict=True)]
 
 
 def encode_cursor(row: Entity) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_key_cursor(instant_part(row.created_at), row.id.hex)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, row_id = raw.split("|")
-        position = datetime.fromisoformat(created_at), uuid.UUID(row_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor(DAMAGED) from None
-    if position[0].tzinfo is None:
-        raise InvalidCursor(DAMAGED)
-    return position
+    created_at, row_id = decode_key_cursor(cursor, TIME_CURSOR, parse_instant, parse_uuid)
+    return created_at, row_id
 
 
 def paginate(stmt: Select[Any], model: type[Entity], params: PageParams) -> Select[Any]:
@@ -80,62 +129,16 @@ def build_page(
     )
 
 
-PageQuery = Annotated[PageParams, Depends(page_params)]
-
-
 def encode_id_cursor(row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id|{row_id}".encode()).decode().rstrip("=")
+    return str(row_id)
 
 
 def decode_id_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        tag, value = raw.split("|")
-        if tag != "id":
-            raise ValueError(tag)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor(DAMAGED) from None
+    (row_id,) = decode_key_cursor(cursor, ID_CURSOR, int)
+    return int(row_id)
 
 
 def next_id_cursor(ids: Sequence[int], params: PageParams) -> str | None:
     """For lists ordered by a bigint id: the cursor after the last row shown, if more follow
     (``ids`` holds one row more than the page when another page exists)."""
     return encode_id_cursor(ids[params.limit - 1]) if len(ids) > params.limit else None
-
-
-def encode_key_cursor(tag: str, *parts: object) -> str:
-    """A cursor holding a list's sort key (``parts``, shown with ``str``), tagged with the
-    list it belongs to."""
-    raw = "|".join([tag, *(str(part) for part in parts)])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_key_cursor(cursor: str, tag: str, *parsers: Callable[[str], Any]) -> list[Any]:
-    """The sort key ``encode_key_cursor`` wrote, each part read by its parser (a
-    ``ValueError`` of one means the cursor was not issued by this API)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor(DAMAGED) from None
-    found, *parts = raw.split("|")
-    if found != tag or len(parts) != len(parsers):
-        raise InvalidCursor(DAMAGED)
-    return [cursor_part(parse, part) for parse, part in zip(parsers, parts, strict=True)]
-
-
-def cursor_part(parse: Callable[[str], V], text: str) -> V:
-    """One part of a cursor's key read by ``parse``, whose ``ValueError`` means the
-    cursor is damaged."""
-    try:
-        return parse(text)
-    except ValueError:
-        raise InvalidCursor(DAMAGED) from None
-
-
-def aware_datetime(text: str) -> datetime:
-    """A cursor's timestamp: ISO 8601 with its offset."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(text)
-    return moment

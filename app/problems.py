@@ -216,9 +216,10 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-# SQLSTATE classes of a database that is gone or going: connection exception, no
-# resources (too many connections), operator intervention (shutdown, starting up).
-_UNAVAILABLE_STATES = ("08", "53", "57")
+# SQLSTATE classes of a database that is gone, going or busy: connection exception, no
+# resources (too many connections), operator intervention (shutdown, starting up),
+# transaction rollback (a deadlock or serialization failure, which a retry undoes).
+_UNAVAILABLE_STATES = ("08", "40", "53", "57")
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

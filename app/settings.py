@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     # How often the dispatcher looks for new events when it found none (and the feed's
     # long poll looks again).
     events_poll_seconds: float = Field(default=0.2, gt=0, le=10)
+    # The longest a feed's long poll stays open, whatever its `wait` asks (≤ 30): a proxy
+    # that cuts idle requests sooner, or a test that cannot wait, sets it lower.
+    events_max_wait_seconds: float = Field(default=30.0, ge=0, le=30)
     # Events in the feed (and attempts) are kept at least this long.
     events_retention_days: int = Field(default=7, ge=7, le=3650)
 

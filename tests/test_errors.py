@@ -6,8 +6,10 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+import sqlalchemy.exc
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
@@ -241,3 +243,22 @@ async def test_an_undecodable_body_is_a_bad_request_problem(client: httpx.AsyncC
     assert response.status_code == 400, response.text
     assert problem_type(response) == "bad-request"
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_deadlock_is_a_503_to_retry(database_url: str) -> None:
+    # Two transactions that wait for each other: PostgreSQL rolls one back (40P01), and
+    # a retry of that request can succeed.
+    app = create_app(Settings(environment="test"), database_url=database_url)
+    deadlock = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    error = sqlalchemy.exc.DBAPIError("INSERT ...", {}, Exception())
+    error.orig.__cause__ = deadlock  # type: ignore[union-attr]
+
+    @app.get("/deadlock")
+    async def _deadlocked() -> None:
+        raise error
+
+    async with LifespanManager(app), make_client(app) as http:
+        response = await http.get("/deadlock")
+    assert response.status_code == 503, response.text
+    assert problem_type(response) == "service-unavailable"
+    assert response.headers["retry-after"] == "1"

@@ -9,7 +9,7 @@ from app.auth import AssignKey, ReadKey
 from app.db import Session
 from app.errors import Expired, NotFound, NotYetValid, PoolExhausted, PoolsNotSupported, SetArchived
 from app.idempotency import IdempotencyKey, IdempotentRoute
-from app.pagination import PageQuery, next_id_cursor
+from app.pagination import IdPageQuery, next_id_cursor
 from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef, SetRef
 from app.schemas.assignment import AssignmentCreate, AssignmentPage, AssignmentPublic
@@ -73,7 +73,7 @@ async def list_assignments(
     _: ReadKey,
     coupon_set: CouponSetRef,
     session: Session,
-    page: PageQuery,
+    page: IdPageQuery,
     recipient_id: Annotated[str | None, Query(max_length=200)] = None,
     pool: Annotated[str | None, Query(max_length=200)] = None,
     delivery_id: Annotated[str | None, Query(max_length=200)] = None,

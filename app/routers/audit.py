@@ -8,7 +8,7 @@ from app.auth import ReadKey
 from app.db import Session
 from app.errors import NotFound
 from app.models.audit import AuditAction
-from app.pagination import PageQuery, next_id_cursor
+from app.pagination import IdPageQuery, next_id_cursor
 from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
 from app.schemas.audit import AuditPage
@@ -31,7 +31,7 @@ async def list_audit_events(
     _: ReadKey,
     coupon_set: CouponSetRef,
     session: Session,
-    page: PageQuery,
+    page: IdPageQuery,
     action: AuditAction | None = None,
     code: Annotated[str | None, Query(max_length=100)] = None,
     recipient_id: Annotated[

@@ -16,7 +16,7 @@ from app.errors import (
 )
 from app.idempotency import IdempotencyKey, IdempotentRoute
 from app.models.code import CodeStatus
-from app.pagination import PageQuery, next_id_cursor
+from app.pagination import IdPageQuery, next_id_cursor
 from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
 from app.schemas.code import (
@@ -98,7 +98,7 @@ async def list_codes(
     _: ReadKey,
     coupon_set: CouponSetRef,
     session: Session,
-    page: PageQuery,
+    page: IdPageQuery,
     status: CodeStatus | None = None,
     pool: Annotated[str | None, Query(max_length=200)] = None,
     recipient_id: Annotated[str | None, Query(max_length=200)] = None,

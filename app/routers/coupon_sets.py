@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from app.auth import ReadKey, WriteKey
 from app.db import Session
-from app.errors import KeyTaken, NotFound, SetInUse
+from app.errors import KeyTaken, NotFound, SetInUse, WindowConflict, WrongSetKind
 from app.idempotency import IdempotentRoute
 from app.models.coupon_set import CouponSet, SetKind, SetStatus
 from app.pagination import PageQuery, build_page
@@ -82,7 +82,7 @@ async def get_coupon_set(_: ReadKey, coupon_set: CouponSetRef) -> CouponSetPubli
     summary="Update a coupon set",
     description="Changes only the fields sent; `null` clears an optional field. "
     "Unknown fields, `kind` and `status` are refused.",
-    responses=problem_responses(NotFound, KeyTaken),
+    responses=problem_responses(NotFound, KeyTaken, WrongSetKind, WindowConflict),
 )
 async def update_coupon_set(
     _: WriteKey, body: CouponSetUpdate, coupon_set: CouponSetRef, session: Session

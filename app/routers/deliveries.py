@@ -25,7 +25,7 @@ from app.errors import (
 )
 from app.idempotency import IdempotentRoute, hashed_stream, streams_body
 from app.models.delivery import DeliveryStatus
-from app.pagination import PageQuery, encode_cursor, next_id_cursor
+from app.pagination import IdPageQuery, PageQuery, encode_cursor, next_id_cursor
 from app.problems import problem_responses
 from app.schemas.delivery import (
     Analysis,
@@ -192,7 +192,7 @@ async def add_recipients(
     responses=problem_responses(NotFound),
 )
 async def list_recipients(
-    _: ReadKey, delivery_id: DeliveryId, session: Session, page: PageQuery
+    _: ReadKey, delivery_id: DeliveryId, session: Session, page: IdPageQuery
 ) -> TargetPage:
     items, seqs = await deliveries.list_targets(session, delivery_id=delivery_id, params=page)
     return TargetPage(items=items[: page.limit], next_cursor=next_id_cursor(seqs, page))

@@ -1,6 +1,7 @@
 """/v1/events: the event feed, for callers that cannot receive webhooks."""
 
 import asyncio
+import re
 import time
 from datetime import timedelta
 from typing import Annotated
@@ -20,6 +21,9 @@ from app.settings import SettingsDep
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 MAX_WAIT = 30.0
+# What `types` accepts: known types separated by commas, blanks around them ignored.
+_TYPE = "|".join(re.escape(t.value) for t in EventType)
+TYPES_PATTERN = rf"^\s*(?:(?:{_TYPE})\s*)?(?:,\s*(?:(?:{_TYPE})\s*)?)*$"
 
 
 def _types(given: list[str] | None) -> list[EventType] | None:
@@ -42,7 +46,8 @@ def _types(given: list[str] | None) -> list[EventType] | None:
     description="Every event that committed, in a stable order: pass each page's "
     "`next_cursor` as `after` to read on, never missing one (docs/events.md explains the "
     "order). Without `after`, from the oldest event kept (`COUPONS_EVENTS_RETENTION_DAYS`). "
-    "With `wait`, an empty answer waits up to that many seconds for an event.",
+    "With `wait`, an empty answer waits up to that many seconds for an event (at most "
+    "`COUPONS_EVENTS_MAX_WAIT_SECONDS`, 30 by default).",
     responses=problem_responses(InvalidCursor),
 )
 async def list_events(
@@ -51,7 +56,12 @@ async def list_events(
     settings: SettingsDep,
     in_flight: RequestsInFlight,
     after: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+        str | None,
+        Query(
+            max_length=200,
+            description="`next_cursor` of the previous page",
+            json_schema_extra={"pattern": feed.CURSOR},
+        ),
     ] = None,
     types: Annotated[
         list[str] | None,
@@ -59,6 +69,7 @@ async def list_events(
             max_length=len(EventType),
             description="Only these types (repeat the parameter, or separate by commas)",
             examples=["code.assigned,pool.low_stock"],
+            json_schema_extra={"items": {"type": "string", "pattern": TYPES_PATTERN}},
         ),
     ] = None,
     wait: Annotated[
@@ -67,11 +78,11 @@ async def list_events(
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page")] = 100,
 ) -> EventPage:
-    position = feed.decode_position(after) if after else feed.START
+    position = feed.decode_position(after) if after is not None else feed.START
     chosen = _types(types)
     actions, kinds = audit_actions(chosen), outbox_types(chosen)
     retention = timedelta(days=settings.events_retention_days)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + min(wait, settings.events_max_wait_seconds)
     while True:
         async with pool.acquire() as conn:
             events = await feed.read(

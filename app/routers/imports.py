@@ -101,7 +101,12 @@ def _form_schema(kind: ImportKind) -> dict[str, Any]:
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "required": ["file"], "properties": properties},
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": properties,
+                        "additionalProperties": False,
+                    },
                     "encoding": {"file": {"contentType": ", ".join(sorted(_FILE_TYPES))}},
                 }
             },

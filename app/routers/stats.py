@@ -3,7 +3,6 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime
 
 from app.auth import AdminKey, ReadKey
 from app.db import Session
@@ -11,6 +10,7 @@ from app.errors import InvalidTimeline, NotFound, PoolsNotSupported
 from app.models.pool import Pool
 from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
+from app.schemas.common import Instant
 from app.schemas.stats import RecountReport, SetStats, Timeline, TimelineBucket, TimelineMetric
 from app.services import coupon_sets, pools
 from app.services.stats import StatsFolder
@@ -61,8 +61,8 @@ async def get_set_timeline(
     pool: Annotated[Pool | None, Depends(_timeline_pool)],
     metric: TimelineMetric = TimelineMetric.assigned,
     bucket: TimelineBucket = TimelineBucket.day,
-    start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    start: Annotated[Instant | None, Query(alias="from")] = None,
+    end: Annotated[Instant | None, Query(alias="to")] = None,
     tz: Annotated[str, Query(min_length=1, max_length=64, examples=["Asia/Kolkata"])] = "UTC",
 ) -> Timeline:
     return await stats.timeline(

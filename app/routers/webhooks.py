@@ -11,7 +11,7 @@ from app.db import Session
 from app.errors import AttemptPending, NotFound, UrlNotAllowed
 from app.idempotency import IdempotentRoute
 from app.models.events import AttemptStatus
-from app.pagination import PageQuery, build_page, next_id_cursor
+from app.pagination import IdPageQuery, PageQuery, build_page, next_id_cursor
 from app.problems import problem_responses
 from app.schemas.events import (
     PingResult,
@@ -143,7 +143,7 @@ async def list_webhook_attempts(
     _: AdminKey,
     endpoint_id: uuid.UUID,
     session: Session,
-    page: PageQuery,
+    page: IdPageQuery,
     status: AttemptStatus | None = None,
     event_type: Annotated[str | None, Query(max_length=64)] = None,
     event_id: Annotated[str | None, Query(max_length=64)] = None,

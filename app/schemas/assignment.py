@@ -6,7 +6,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from app.models.code import Channel
-from app.schemas.common import WriteModel
+from app.schemas.common import Flag, WriteModel
 
 RecipientId = Field(min_length=1, max_length=200, description="The caller's id for the contact")
 
@@ -19,7 +19,7 @@ class AssignmentCreate(WriteModel):
         default=None, min_length=1, max_length=200, description="Unique sets; `default` if absent"
     )
     delivery_id: str | None = Field(default=None, max_length=200)
-    additional: bool = Field(
+    additional: Flag = Field(
         default=False,
         description="Give another code even though the recipient already holds one",
     )

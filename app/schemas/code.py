@@ -28,7 +28,7 @@ def _shows_something(value: str) -> str:
 
 CodeText = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$"),
     AfterValidator(_shows_something),
 ]
 
@@ -64,14 +64,30 @@ class CodesAdded(BaseModel):
     duplicate_codes: list[str] = Field(description="The duplicates (at most the first 100)")
 
 
+GeneratorPattern = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    # `_one_shape` checks it, with a message that says why.
+    Field(json_schema_extra={"pattern": r"^[^\x00]*[#?][^\x00]*$"}),
+]
+
+# `_one_shape`, for the document: a pattern or a length, not both (if/then/else, which
+# generated clients read past, where a oneOf would split the model in two).
+_ONE_SHAPE: dict[str, Any] = {
+    "if": {"required": ["pattern"], "properties": {"pattern": {"type": "string"}}},
+    "then": {"properties": {"length": {"type": "null"}}},
+    "else": {"required": ["length"], "properties": {"length": {"type": "integer"}}},
+}
+
+
 class CodesGenerate(WriteModel):
     """Either a ``pattern`` (``#`` a digit, ``?`` a letter, anything else literal) or a
     ``length`` over a ``charset``."""
 
+    model_config = ConfigDict(json_schema_extra=_ONE_SHAPE)
+
     count: int = Field(ge=1, le=MAX_GENERATE)
-    pattern: str | None = Field(
-        default=None, min_length=1, max_length=100, examples=["SPRING-####-????"]
-    )
+    pattern: GeneratorPattern | None = Field(default=None, examples=["SPRING-####-????"])
     length: int | None = Field(default=None, ge=4, le=64)
     charset: Literal["alphanumeric", "letters", "digits", "unambiguous"] | str = Field(
         default="unambiguous",

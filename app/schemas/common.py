@@ -10,12 +10,15 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -33,11 +36,14 @@ def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# What a label may hold, for the document: something visible, no control character.
+_LABEL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+
 Label = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_clean_text),
-    Field(examples=["Spring sale 2026"]),
+    Field(examples=["Spring sale 2026"], json_schema_extra={"pattern": _LABEL_PATTERN}),
 ]
 
 
@@ -53,8 +59,20 @@ def _in_range(value: datetime) -> datetime:
     return value
 
 
+_DATE_START = re.compile(r"\d{4}-")
+
+
+def _text_instant(value: Any) -> Any:
+    # Lax mode would read a number, or a string of one, as seconds since 1970; the
+    # document says an RFC 3339 string, which starts with its year.
+    if isinstance(value, datetime) or (isinstance(value, str) and _DATE_START.match(value)):
+        return value
+    raise ValueError("must be an RFC 3339 date-time string")
+
+
 Instant = Annotated[
     AwareDatetime,
+    BeforeValidator(_text_instant),
     AfterValidator(_in_range),
     Field(description="An instant with its UTC offset (RFC 3339), in years 1 to 9999 in UTC"),
 ]
@@ -69,6 +87,13 @@ def _in_future(value: datetime) -> datetime:
 FutureInstant = Annotated[Instant, AfterValidator(_in_future)]
 
 Description = Annotated[str, StringConstraints(max_length=4000)]
+
+# A JSON boolean only: lax mode would take 0, 1, "yes", "off"...
+Flag = StrictBool
+
+# An update's field that may be left out but not cleared: None stands for "not sent",
+# and the document does not offer null (the model refuses a null that is sent).
+NotNull = SkipJsonSchema[None]
 
 Metadata = Annotated[
     dict[str, Any],
@@ -98,7 +123,8 @@ def _storable(value: Any) -> Any:
 
 class WriteModel(BaseModel):
     """Base of every request body: unknown fields are refused (no mass assignment), and
-    so is text the database could not store."""
+    so is text the database could not store (app.openapi_extras states it in the
+    document)."""
 
     model_config = ConfigDict(extra="forbid")
     # Fields whose items are checked one by one later and reported per item.

@@ -13,9 +13,18 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 from app.models.coupon_set import MatchMode, SetKind, SetStatus
-from app.schemas.common import Description, Instant, Label, Metadata, WriteModel
+from app.schemas.common import (
+    Description,
+    Flag,
+    Instant,
+    Label,
+    Metadata,
+    NotNull,
+    WriteModel,
+)
 from app.schemas.page import Page
 from app.schemas.stats import SetGlance
 
@@ -44,7 +53,7 @@ SetKey = Annotated[
 SharedCode = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
+        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$"
     ),
     Field(description="The one code every recipient of a shared set gets", examples=["WELCOME15"]),
 ]
@@ -55,7 +64,22 @@ def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> 
         raise ValueError("valid_from must be before valid_until")
 
 
+_NULL: JsonDict = {"type": "null"}
+# The rules between fields that `_consistent` checks, for the document: a shared set
+# has its shared_code and no fallback_code; a unique one none of the shared options.
+_KIND_RULES: JsonDict = {
+    "if": {"properties": {"kind": {"const": "shared"}}, "required": ["kind"]},
+    "then": {
+        "required": ["shared_code"],
+        "properties": {"shared_code": {"type": "string"}, "fallback_code": _NULL},
+    },
+    "else": {"properties": {"shared_code": _NULL, "max_uses": _NULL, "per_recipient_limit": _NULL}},
+}
+
+
 class CouponSetCreate(WriteModel):
+    model_config = ConfigDict(json_schema_extra=_KIND_RULES)
+
     label: Label
     key: SetKey | None = Field(default=None, description="Generated from the label when absent")
     kind: SetKind = SetKind.unique
@@ -75,7 +99,7 @@ class CouponSetCreate(WriteModel):
     per_recipient_limit: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Shared sets: uses allowed per recipient"
     )
-    bind_to_recipient: bool = Field(
+    bind_to_recipient: Flag = Field(
         default=False,
         description="A code may be redeemed only by the recipient it was assigned to",
     )
@@ -110,16 +134,16 @@ class CouponSetUpdate(WriteModel):
     """Only the fields sent change; null clears an optional field. The kind is fixed
     at creation and the status changes through archive/unarchive."""
 
-    label: Label | None = None
-    key: SetKey | None = None
-    shared_code: SharedCode | None = None
+    label: Label | NotNull = None
+    key: SetKey | NotNull = None
+    shared_code: SharedCode | NotNull = None
     max_uses: int | None = Field(default=None, ge=1, le=2_000_000_000)
     valid_from: Instant | None = None
     valid_until: Instant | None = None
     description: Description | None = None
-    metadata: Metadata | None = None
+    metadata: Metadata | NotNull = None
     per_recipient_limit: int | None = Field(default=None, ge=1, le=1_000_000)
-    bind_to_recipient: bool | None = None
+    bind_to_recipient: Flag | NotNull = None
     fallback_code: SharedCode | None = None
     expiry_warning_days: int | None = Field(
         default=None,
@@ -133,6 +157,7 @@ class CouponSetUpdate(WriteModel):
         for name in ("label", "key", "shared_code", "metadata", "bind_to_recipient"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
+        _check_window(self.valid_from, self.valid_until)
         return self
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.models.code import Channel
 from app.models.delivery import ContentType, DeliveryStatus
-from app.schemas.common import Label, Metadata, WriteModel
+from app.schemas.common import Label, Metadata, NotNull, WriteModel
 from app.schemas.page import Page
 
 Template = Annotated[
@@ -54,13 +54,13 @@ class DeliveryUpdate(WriteModel):
     """Only in `draft` or `analyzed`; any change makes the delivery a draft again, to be
     analysed anew. ``message_limit: null`` removes the limit."""
 
-    label: Label | None = None
-    channel: Channel | None = None
+    label: Label | NotNull = None
+    channel: Channel | NotNull = None
     subject: Subject | None = None
     template: Template | None = None
-    content_type: ContentType | None = None
+    content_type: ContentType | NotNull = None
     message_limit: int | None = Field(default=None, ge=0, le=1_000_000_000)
-    metadata: Metadata | None = None
+    metadata: Metadata | NotNull = None
 
 
 class PoolAvailability(BaseModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from app.schemas.common import Description, WriteModel
+from app.schemas.common import Description, Flag, WriteModel
 from app.services.events.catalogue import EventType
 
 EndpointUrl = Annotated[
@@ -17,6 +17,7 @@ EndpointUrl = Annotated[
         description="Where events are POSTed: https (http outside production), a public "
         "address unless COUPONS_WEBHOOK_ALLOW_PRIVATE=true",
         examples=["https://hooks.example.com/coupons"],
+        json_schema_extra={"pattern": r"^\s*[hH][tT][tT][pP][sS]?://"},
     ),
 ]
 
@@ -28,6 +29,8 @@ Subscriptions = Annotated[
         max_length=len(EventType) + 1,
         description='Event types to receive, or ["*"] for all',
         examples=[["code.assigned", "pool.low_stock"]],
+        # `_distinct`, for the document: "*" stands alone.
+        json_schema_extra={"if": {"contains": {"const": "*"}}, "then": {"maxItems": 1}},
     ),
 ]
 
@@ -44,7 +47,7 @@ class WebhookEndpointCreate(WriteModel):
     url: EndpointUrl
     events: Subscriptions
     description: Description | None = None
-    enabled: bool = True
+    enabled: Flag = True
 
     _events = field_validator("events")(_distinct)
 
@@ -55,7 +58,7 @@ class WebhookEndpointUpdate(WriteModel):
     url: EndpointUrl | None = None
     events: Subscriptions | None = None
     description: Description | None = None
-    enabled: bool | None = None
+    enabled: Flag | None = None
 
     _events = field_validator("events")(_distinct)
 

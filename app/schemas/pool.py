@@ -6,7 +6,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import Label, WriteModel
+from app.schemas.common import Label, NotNull, WriteModel
 
 # The last stock alert of a pool (docs/events.md, "Low-stock alerts").
 StockState = Literal["ok", "low", "exhausted"]
@@ -19,7 +19,7 @@ class PoolCreate(WriteModel):
 class PoolUpdate(WriteModel):
     """Only the fields sent change; null clears a low-stock limit."""
 
-    name: Label | None = None
+    name: Label | NotNull = None
     low_stock_threshold: int | None = Field(
         default=None,
         ge=0,

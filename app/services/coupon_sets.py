@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import flush_unique
-from app.errors import KeyTaken, NotFound, SetInUse, ValidationFailed
+from app.errors import KeyTaken, NotFound, SetInUse, ValidationFailed, WindowConflict, WrongSetKind
 from app.models.code import normalise, refusal
 from app.models.coupon_set import CouponSet, MatchMode, SetKind, SetStatus
 from app.models.pool import DEFAULT_POOL, Pool
@@ -141,43 +141,19 @@ async def update_coupon_set(
     session: AsyncSession, *, coupon_set: CouponSet, data: CouponSetUpdate
 ) -> CouponSet:
     changes = data.model_dump(exclude_unset=True)
+    # Refusals that depend on the set as stored are conflicts with its state (409); a
+    # body that contradicts itself was refused as 422 by its schema.
     if coupon_set.kind == SetKind.unique:
         for name in ("shared_code", "max_uses", "per_recipient_limit"):
             if changes.get(name) is not None:
-                raise ValidationFailed(
-                    f"{name} applies to shared sets only; this set is unique.",
-                    errors=[
-                        {
-                            "loc": ["body", name],
-                            "message": "not for unique sets",
-                            "type": "kind_mismatch",
-                        }
-                    ],
-                )
+                raise WrongSetKind(f"{name} applies to shared sets only; this set is unique.")
     if coupon_set.kind == SetKind.shared and changes.get("fallback_code") is not None:
-        raise ValidationFailed(
-            "fallback_code applies to unique sets only; this set is shared.",
-            errors=[
-                {
-                    "loc": ["body", "fallback_code"],
-                    "message": "not for shared sets",
-                    "type": "kind_mismatch",
-                }
-            ],
-        )
+        raise WrongSetKind("fallback_code applies to unique sets only; this set is shared.")
     valid_from = changes.get("valid_from", coupon_set.valid_from)
     valid_until = changes.get("valid_until", coupon_set.valid_until)
     if valid_from is not None and valid_until is not None and valid_from >= valid_until:
-        raise ValidationFailed(
-            "valid_from must be before valid_until.",
-            errors=[
-                {
-                    "loc": ["body", "valid_from"],
-                    "message": "must be before valid_until",
-                    "type": "validity_window",
-                }
-            ],
-        )
+        kept = "valid_from" if "valid_until" in changes else "valid_until"
+        raise WindowConflict(f"valid_from must be before valid_until (the set's {kept}).")
     if "metadata" in changes:
         changes["metadata_"] = changes.pop("metadata")
     if "shared_code" in changes:

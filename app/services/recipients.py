@@ -36,11 +36,15 @@ from app.models.coupon_set import CouponSet, MatchMode, SetKind
 from app.models.pool import Pool
 from app.models.redemption import Redemption
 from app.pagination import (
+    INSTANT_PART,
+    INT_PART,
+    UUID_PART,
     PageParams,
-    aware_datetime,
-    cursor_part,
     decode_key_cursor,
     encode_key_cursor,
+    instant_part,
+    parse_instant,
+    parse_uuid,
 )
 from app.schemas.recipient import (
     ActivityAction,
@@ -67,6 +71,9 @@ _SETTLEMENTS = {AuditAction.confirm.value, AuditAction.release.value, AuditActio
 
 # Sources of the activity, in the order of events that share a moment (newest first).
 _AUDIT, _HOLD = 1, 0
+# The lists' cursors: (set id, row id); (moment, source, the audit row's id or the hold's).
+COUPONS_CURSOR = rf"^{UUID_PART}\.{INT_PART}$"
+ACTIVITY_CURSOR = rf"^{INSTANT_PART}\.(?:{_AUDIT}\.{INT_PART}|{_HOLD}\.{UUID_PART})$"
 
 # A hold that ran out: still `held` (a unique code's hold stays so), `expired` (a shared
 # code's, given back), or released after its end. A hold confirmed or released in time
@@ -132,7 +139,7 @@ async def list_coupons(
     order), within a set in the order the codes were added or the assignments made. A
     set's rows all live in one table, so (set_id, id) orders both tables as one list."""
     after = (
-        decode_key_cursor(params.cursor, "coupons", uuid.UUID, int)
+        decode_key_cursor(params.cursor, COUPONS_CURSOR, parse_uuid, int)
         if params.cursor is not None
         else None
     )
@@ -180,7 +187,7 @@ async def list_coupons(
     more = len(held) > params.limit
     return RecipientCouponPage(
         items=[_coupon(h, sets[h.set_id], pools, redeemed) for h in page],
-        next_cursor=encode_key_cursor("coupons", page[-1].set_id, page[-1].id) if more else None,
+        next_cursor=encode_key_cursor(page[-1].set_id.hex, page[-1].id) if more else None,
     )
 
 
@@ -242,12 +249,6 @@ class _Event(NamedTuple):
     row: Any
 
 
-def _source(text: str) -> int:
-    if text not in (str(_AUDIT), str(_HOLD)):
-        raise ValueError(text)
-    return int(text)
-
-
 async def list_activity(
     session: AsyncSession, *, recipient_id: str, params: PageParams
 ) -> ActivityPage:
@@ -255,7 +256,7 @@ async def list_activity(
     (ix_audit_events_recipient_id), and the holds that ran out (ix_redemptions_recipient_holds),
     at their end. Events of one moment: audited ones first, then by id, descending."""
     after = (
-        decode_key_cursor(params.cursor, "activity", aware_datetime, _source, str)
+        decode_key_cursor(params.cursor, ACTIVITY_CURSOR, parse_instant, int, str)
         if params.cursor is not None
         else None
     )
@@ -286,14 +287,13 @@ async def list_activity(
         at, source, key = after
         if source == _AUDIT:
             audited = audited.where(
-                tuple_(AuditEvent.created_at, AuditEvent.id) < tuple_(at, cursor_part(int, key))
+                tuple_(AuditEvent.created_at, AuditEvent.id) < tuple_(at, int(key))
             )
             expired = expired.where(Redemption.hold_expires_at <= at)
         else:
             audited = audited.where(AuditEvent.created_at < at)
             expired = expired.where(
-                tuple_(Redemption.hold_expires_at, Redemption.id)
-                < tuple_(at, cursor_part(uuid.UUID, key))
+                tuple_(Redemption.hold_expires_at, Redemption.id) < tuple_(at, parse_uuid(key))
             )
     wanted = params.limit + 1
     audit_rows = await session.execute(
@@ -327,7 +327,11 @@ async def list_activity(
     return ActivityPage(
         items=items,
         next_cursor=(
-            encode_key_cursor("activity", last.at.isoformat(), last.source, last.id)
+            encode_key_cursor(
+                instant_part(last.at),
+                last.source,
+                last.id.hex if isinstance(last.id, uuid.UUID) else last.id,
+            )
             if last is not None
             else None
         ),

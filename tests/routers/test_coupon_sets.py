@@ -173,7 +173,9 @@ async def test_page_size_is_capped(client: httpx.AsyncClient) -> None:
     assert response.json()["errors"][0]["loc"] == ["query", "limit"]
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "bm90fGEtdXVpZA", "MjAyNi0wMS0wMXx4"])
+@pytest.mark.parametrize(
+    "cursor", ["garbage", "bm90fGEtdXVpZA", "1.xyz", "1." + "0" * 31, "1." + "A" * 32, "1.2"]
+)
 async def test_a_damaged_cursor_is_refused(client: httpx.AsyncClient, cursor: str) -> None:
     response = await client.get("/v1/coupon-sets", params={"cursor": cursor})
     assert response.status_code == 422
@@ -203,9 +205,7 @@ async def test_patch_changes_only_the_fields_sent(client: httpx.AsyncClient) -> 
         {"label": None},
         {"key": None},
         {"metadata": None},
-        {"shared_code": "X"},
-        {"max_uses": 3},
-        {"valid_from": "2030-01-01T00:00:00Z"},
+        {"valid_from": "2031-01-01T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"},
     ],
 )
 async def test_patch_refuses_what_it_cannot_apply(
@@ -215,6 +215,24 @@ async def test_patch_refuses_what_it_cannot_apply(
     response = await client.patch(f"/v1/coupon-sets/{created['id']}", json=change)
     assert response.status_code == 422, response.text
     assert problem_type(response) == "validation-error"
+    assert (await client.get(f"/v1/coupon-sets/{created['id']}")).json() == created
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"shared_code": "X"}, "wrong-set-kind"),
+        ({"max_uses": 3}, "wrong-set-kind"),
+        ({"valid_from": "2030-01-01T00:00:00Z"}, "validity-window"),
+    ],
+)
+async def test_patch_conflicting_with_the_stored_set_is_409(
+    client: httpx.AsyncClient, change: dict[str, object], problem: str
+) -> None:
+    created = await create_set(client, valid_until="2029-01-01T00:00:00Z")
+    response = await client.patch(f"/v1/coupon-sets/{created['id']}", json=change)
+    assert response.status_code == 409, response.text
+    assert problem_type(response) == problem
     assert (await client.get(f"/v1/coupon-sets/{created['id']}")).json() == created
 
 
@@ -252,3 +270,18 @@ async def test_delete_an_unused_set(client: httpx.AsyncClient) -> None:
     assert response.content == b""
     assert (await client.get(f"/v1/coupon-sets/{created['id']}")).status_code == 404
     assert (await client.delete(f"/v1/coupon-sets/{created['id']}")).status_code == 404
+
+
+async def test_instants_are_strings_and_flags_are_booleans(client: httpx.AsyncClient) -> None:
+    # Lax parsing would read 0 or "0" as 1970 and 0 as false; the document says otherwise.
+    for body in (
+        {"label": "Spring", "valid_from": 0},
+        {"label": "Spring", "valid_until": "1700000000"},
+        {"label": "Spring", "bind_to_recipient": 0},
+    ):
+        response = await client.post("/v1/coupon-sets", json=body)
+        assert response.status_code == 422, body
+    s = await create_set(client, valid_from="2026-01-01T00:00:00Z")
+    assert s["valid_from"] == "2026-01-01T00:00:00Z"
+    response = await client.get(f"/v1/coupon-sets/{s['id']}/stats/timeline", params={"to": "0.5"})
+    assert response.status_code == 422

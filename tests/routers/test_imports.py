@@ -167,6 +167,22 @@ async def test_other_encodings(client: httpx.AsyncClient) -> None:
     assert (await codes_of(client, s["id"]))[0]["code"] == "CAFÉ-1"
 
 
+async def test_an_encoding_that_names_no_codec_is_refused(client: httpx.AsyncClient) -> None:
+    s = await create_set(client)
+    for encoding in ("klingon", "utf\x008"):
+        response = await import_codes(client, s["id"], b"code\nA1\n", encoding=encoding)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", "encoding"]
+
+
+async def test_form_flags_are_true_or_false(client: httpx.AsyncClient) -> None:
+    s = await create_set(client)
+    response = await import_codes(client, s["id"], b"code\nA1\n", force="1")
+    assert response.status_code == 422, response.text
+    response = await import_codes(client, s["id"], b"code\nA1\n", header="TRUE")
+    assert response.json()["accepted"] == 1
+
+
 async def test_text_plain_is_one_code_per_line(client: httpx.AsyncClient) -> None:
     s = await create_set(client)
     response = await import_codes(

@@ -217,7 +217,7 @@ async def list_assignments(
     params: PageParams,
 ) -> tuple[list[AssignmentPublic], list[int]]:
     """Assignments in the order they were recorded, and their row ids (for the cursor)."""
-    after = decode_id_cursor(params.cursor) if params.cursor else 0
+    after = decode_id_cursor(params.cursor) if params.cursor is not None else 0
     if coupon_set.kind == SetKind.shared:
         stmt = select(SharedAssignment).where(
             SharedAssignment.set_id == coupon_set.id, SharedAssignment.id > after

@@ -219,7 +219,7 @@ async def list_targets(
     delivery = await load(session, delivery_id)
     values: dict[str, Any] = {
         "delivery_id": delivery.id,
-        "after": decode_id_cursor(params.cursor) if params.cursor else 0,
+        "after": decode_id_cursor(params.cursor) if params.cursor is not None else 0,
         "limit": params.limit + 1,
     }
     if delivery.pool_id is None:

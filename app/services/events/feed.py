@@ -1,8 +1,6 @@
 """Reading events in order: the feed's pages and the dispatcher's batches are the same
 statement (``sql.EVENTS_AFTER``); this module turns its rows into events."""
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -10,7 +8,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from app.errors import InvalidCursor
+from app.pagination import INT_PART, decode_key_cursor, encode_key_cursor
 from app.services.events import sql
 from app.services.events.catalogue import FROM_AUDIT
 
@@ -29,20 +27,17 @@ class Position(NamedTuple):
 START = Position(0, 0, 0)
 
 
+# A feed cursor: txid.src.source_id (every value of this shape is a place in the order).
+CURSOR = rf"^{INT_PART}\.[01]\.{INT_PART}$"
+
+
 def encode_position(position: Position) -> str:
-    raw = f"ev|{position.txid}|{position.src}|{position.source_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_key_cursor(position.txid, position.src, position.source_id)
 
 
 def decode_position(cursor: str) -> Position:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        tag, txid, src, source_id = raw.split("|")
-        if tag != "ev" or src not in ("0", "1"):
-            raise ValueError(tag)
-        return Position(int(txid), int(src), int(source_id))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor("The cursor was not issued by this API or is damaged.") from None
+    txid, src, source_id = decode_key_cursor(cursor, CURSOR, int, int, int)
+    return Position(txid, src, source_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,10 @@ def _bool(fields: dict[str, str], name: str, default: bool | None) -> bool | Non
     value = fields.get(name)
     if value is None or value == "":
         return default
-    if value.lower() in ("true", "1", "yes", "on"):
+    # The document types the field boolean: its text is true or false.
+    if value.lower() == "true":
         return True
-    if value.lower() in ("false", "0", "no", "off"):
+    if value.lower() == "false":
         return False
     raise invalid(name, "must be true or false")
 

@@ -294,7 +294,7 @@ Reader = TextReader | CsvReader | XmlReader
 def check_encoding(encoding: str) -> None:
     try:
         codecs.lookup(encoding)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         raise ValidationFailed(
             f"Unknown encoding '{encoding}'.",
             errors=[{"loc": ["body", "encoding"], "message": "unknown", "type": "value_error"}],

@@ -200,7 +200,8 @@ class RedemptionRows:
         reason: str | None = None
         if amount:
             try:
-                fields["amount"] = Decimal(amount)
+                # Plain notation ("1e2" is 100): the form the request's amount takes.
+                fields["amount"] = format(Decimal(amount), "f")
             except InvalidOperation:
                 reason = "amount: not a number"
         if reason is None:

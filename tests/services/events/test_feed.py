@@ -8,8 +8,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from tests.conftest import _libpq
+from app.settings import Settings
+from tests.conftest import _libpq, make_client, running
 from tests.helpers import add_codes, assign, create_set, import_codes, problem_type
 from tests.routers.test_deliveries import add_targets, confirm, create_delivery, targets
 
@@ -111,6 +113,20 @@ async def test_long_poll_answers_when_an_event_commits(
     empty = await events(client, after=page["next_cursor"], wait=0.5)
     assert empty == {"items": [], "next_cursor": page["next_cursor"]}
     assert time.monotonic() - began >= 0.45
+
+
+async def test_the_long_poll_waits_no_longer_than_the_setting_allows(
+    app: FastAPI, settings: Settings, database_url: str, spring: dict[str, Any]
+) -> None:
+    async with (
+        running(settings, database_url, events_max_wait_seconds=0.3) as capped,
+        make_client(capped) as client,
+    ):
+        start = (await events(client))["next_cursor"]
+        began = time.monotonic()
+        empty = await events(client, after=start, wait=30)
+    assert empty == {"items": [], "next_cursor": start}
+    assert 0.25 <= time.monotonic() - began < 5
 
 
 async def test_types_filter_pages_and_bad_input(
