@@ -133,8 +133,10 @@ class Confirmations:
                 if held is None:
                     continue
                 try:
+                    # Read again under the lock: a confirm that finished after the list
+                    # was read let its lock go too, and is not to be touched.
                     row = await connection.fetchrow(sql.RUN, delivery_id)
-                    if row is not None:
+                    if row is not None and row["status"] == DeliveryStatus.sending:
                         logger.warning("delivery %s was left sending: failing it", delivery_id)
                         await _fail(connection, run_of(row), reason)
                 finally:

@@ -5,8 +5,10 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 
+from app.services.deliveries import sql as delivery_sql
 from tests.helpers import add_codes, create_set
 
 
@@ -91,3 +93,21 @@ async def test_a_confirm_of_a_delivery_left_sending_gives_back_then_starts_over(
     assigns = [e for e in audit["items"] if e["action"] == "assign"]
     assert len(assigns) == 6
     assert {e["details"]["pool"] for e in assigns} == {"default"}
+
+
+async def test_recover_leaves_a_delivery_that_finished_after_it_was_seen_sending(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watchdog lists the deliveries sending, then takes each one's lock: a confirm
+    # that finishes in between (and so lets its lock go) must be left as it is.
+    delivery = await _confirmed_delivery(client, targets=4)
+    before = await _holders(app)
+    seen_sending = "SELECT id, $1::float8 < 0 AS stale FROM deliveries WHERE status = 'finished'"
+    monkeypatch.setattr(delivery_sql, "SENDING", seen_sending)
+
+    await app.state.confirmations._recover()
+
+    after = (await client.get(f"/v1/deliveries/{delivery['id']}")).json()
+    assert (after["status"], after["assigned"]) == ("finished", 4)
+    assert await _holders(app) == before
+    assert await _unassigned(app) == []
