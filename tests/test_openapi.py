@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 
 from app.openapi import render
+from app.schemas.common import PATH_TEXT
 
 COMMITTED = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 PUBLIC = {"/healthz", "/readyz"}
@@ -88,3 +89,22 @@ def test_links_name_operations_and_their_parameters() -> None:
                 assert set(link["parameters"]) <= names, link
                 linked += 1
     assert linked >= 20
+
+
+def test_text_path_parameters_refuse_dot_segments() -> None:
+    # "." and ".." in a path are dropped by URL clients (RFC 3986 dot-segments), so a
+    # request for ".../codes/./void" would reach ".../codes/void": the document must
+    # not offer them as values of any text path parameter.
+    document = json.loads(render())
+    text_params = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                if parameter["in"] != "path" or schema.get("type") != "string":
+                    continue
+                if schema.get("format") == "uuid":
+                    continue
+                text_params += 1
+                assert schema.get("pattern") == PATH_TEXT, f"{method.upper()} {path}"
+    assert text_params > 40

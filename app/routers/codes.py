@@ -28,6 +28,7 @@ from app.schemas.code import (
     CodesGenerate,
     CodesGenerated,
 )
+from app.schemas.common import PATH_TEXT
 from app.schemas.mappers import code_public
 from app.services import codes
 
@@ -46,7 +47,13 @@ router = APIRouter(
 )
 
 CodeParam = Annotated[
-    str, Path(min_length=1, max_length=100, description="The code, matched as the set matches")
+    str,
+    Path(
+        min_length=1,
+        max_length=100,
+        pattern=PATH_TEXT,
+        description="The code, matched as the set matches",
+    ),
 ]
 
 

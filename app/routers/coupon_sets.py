@@ -11,6 +11,7 @@ from app.idempotency import IdempotentRoute
 from app.models.coupon_set import CouponSet, SetKind, SetStatus
 from app.pagination import PageQuery, build_page
 from app.problems import problem_responses
+from app.schemas.common import PATH_TEXT
 from app.schemas.coupon_set import CouponSetCreate, CouponSetPage, CouponSetPublic, CouponSetUpdate
 from app.schemas.mappers import coupon_set_listed, coupon_set_public
 from app.services import coupon_sets
@@ -19,7 +20,10 @@ from app.services.stats import service as stats
 router = APIRouter(prefix="/v1/coupon-sets", tags=["coupon-sets"], route_class=IdempotentRoute)
 
 
-SetRef = Annotated[str, Path(min_length=1, max_length=64, description="The set's id or its key")]
+SetRef = Annotated[
+    str,
+    Path(min_length=1, max_length=64, pattern=PATH_TEXT, description="The set's id or its key"),
+]
 
 
 async def _coupon_set(set_id: SetRef, session: Session) -> CouponSet:

@@ -27,6 +27,7 @@ from app.idempotency import IdempotentRoute, hashed_stream, streams_body
 from app.models.delivery import DeliveryStatus
 from app.pagination import IdPageQuery, PageQuery, encode_cursor, next_id_cursor
 from app.problems import problem_responses
+from app.schemas.common import PATH_TEXT
 from app.schemas.delivery import (
     Analysis,
     DeliveryCreate,
@@ -47,7 +48,9 @@ from app.settings import SettingsDep
 
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"], route_class=IdempotentRoute)
 
-DeliveryId = Annotated[str, Path(max_length=64, description="The delivery's id")]
+DeliveryId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=PATH_TEXT, description="The delivery's id")
+]
 
 
 @router.post(

@@ -18,6 +18,7 @@ from app.idempotency import IdempotentRoute
 from app.models.pool import Pool
 from app.problems import problem_responses
 from app.routers.coupon_sets import CouponSetRef
+from app.schemas.common import PATH_TEXT
 from app.schemas.mappers import pool_public
 from app.schemas.pool import PoolCreate, PoolList, PoolPublic, PoolStock, PoolUpdate
 from app.services import codes, pools
@@ -29,7 +30,9 @@ router = APIRouter(
 
 async def _pool(
     coupon_set: CouponSetRef,
-    pool: Annotated[str, Path(min_length=1, max_length=200, description="Pool id or name")],
+    pool: Annotated[
+        str, Path(min_length=1, max_length=200, pattern=PATH_TEXT, description="Pool id or name")
+    ],
     session: Session,
 ) -> Pool:
     return await pools.get_pool(session, coupon_set=coupon_set, ref=pool)

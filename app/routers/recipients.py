@@ -11,6 +11,7 @@ from app.db import Session
 from app.errors import InvalidCursor
 from app.pagination import PageParams, page_query
 from app.problems import problem_responses
+from app.schemas.common import PATH_TEXT
 from app.schemas.recipient import ActivityPage, RecipientCouponPage
 from app.services import recipients
 from app.services.recipients import ACTIVITY_CURSOR, COUPONS_CURSOR
@@ -33,6 +34,7 @@ RecipientId = Annotated[
     Path(
         min_length=1,
         max_length=200,
+        pattern=PATH_TEXT,
         description="The caller's id for the contact, as given to assignments",
         examples=["contact-42"],
     ),

@@ -20,6 +20,12 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+# A path parameter that is text (a code, a set key, a pool name, a recipient id): any
+# text but "." and "..", which URL clients drop as dot-segments (RFC 3986, 5.2.4) before
+# the request is sent, so that ".../codes/./void" arrives as ".../codes/void". Written
+# without a lookahead: the pattern is checked by pydantic-core's regex engine too.
+PATH_TEXT = r"^(?:[^.]|\.[^.]|\.\.[\s\S])[\s\S]*$"
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
