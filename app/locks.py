@@ -63,10 +63,15 @@ class Held:
     pool: asyncpg.Pool
     connection: asyncpg.Connection
     transaction: Any  # asyncpg.transaction.Transaction
+    released: bool = False
 
     async def release(self) -> None:
         """Ends the transaction (and so the lock) and gives the connection back; a
-        connection that cannot end it is closed, which ends it too."""
+        connection that cannot end it is closed, which ends it too. Once only: the
+        connection may serve someone else after that."""
+        if self.released:
+            return
+        self.released = True
         try:
             if not self.connection.is_closed():
                 await self.transaction.rollback()

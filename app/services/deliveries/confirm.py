@@ -210,8 +210,13 @@ class Confirmations:
             connection.terminate()
         finally:
             beat.cancel()
-            await self.pool.release(connection)
-            await held.release()
+            try:
+                await self.pool.release(connection)
+            finally:
+                # Even when the connection could not be given back: a lock left held
+                # would keep the delivery "running" until the watchdog ended the
+                # backend, here, of this very process.
+                await held.release()
 
     async def _claim_all(self, connection: asyncpg.Connection, run: Run) -> None:
         """On the run's own connection and on ``workers - 1`` more from the pool."""
