@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from app import downloads
 from app.auth import ReadKey, WriteKey
 from app.db import DriverPool, Session
 from app.errors import (
@@ -310,10 +311,4 @@ async def export_messages(
     format: deliveries.Format = "csv",
 ) -> StreamingResponse:
     source = await deliveries.messages_source(session, delivery_id=delivery_id)
-    media_type = "text/csv; charset=utf-8" if format == "csv" else "application/jsonl"
-    name = f"delivery-{source.delivery.id}-messages.{format}"
-    return StreamingResponse(
-        deliveries.export_messages(pool, source, format=format),
-        media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    return downloads.messages(pool, source, format=format)

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from app import downloads
 from app.auth import WriteKey
 from app.db import DriverPool, Session
 from app.errors import NotFound, WrongSetKind
@@ -62,8 +63,4 @@ async def export_codes(
     export = await exports.prepare_export(
         session, coupon_set=coupon_set, format=format, status=status, pool=pool
     )
-    return StreamingResponse(
-        exports.stream_export(driver_pool, export),
-        media_type=export.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{export.filename}"'},
-    )
+    return downloads.codes(driver_pool, export)

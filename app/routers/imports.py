@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app import downloads
 from app.auth import ReadKey, WriteKey
 from app.db import DriverPool, Session
 from app.errors import (
@@ -252,11 +253,7 @@ async def _errors(
     job: ImportJob = await imports.get_job(
         session, coupon_set=coupon_set, kind=kind, job_id=import_id
     )
-    return StreamingResponse(
-        imports.error_report(pool, job.id),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="import-{job.id}-errors.csv"'},
-    )
+    return downloads.import_errors(pool, job.id)
 
 
 _CSV_RESPONSE: dict[int | str, dict[str, Any]] = {

@@ -4,9 +4,10 @@ live progress, failures and the messages download."""
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from app import downloads
 from app.db import DriverPool, Session
 from app.errors import AppError
 from app.models.api_key import Scope
@@ -213,10 +214,4 @@ async def messages(
 ) -> Response:
     require(login, Scope.write)  # as the API's export of messages
     source = await deliveries.messages_source(session, delivery_id=delivery_id)
-    media_type = "text/csv; charset=utf-8" if format == "csv" else "application/jsonl"
-    name = f"delivery-{source.delivery.id}-messages.{format}"
-    return StreamingResponse(
-        deliveries.export_messages(pool, source, format=format),
-        media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    return downloads.messages(pool, source, format=format)

@@ -5,9 +5,10 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from app import downloads
 from app.db import DriverPool, Session
 from app.errors import AppError, Forbidden
 from app.models.api_key import Scope
@@ -321,11 +322,7 @@ async def import_errors(
     job = await imports.get_job(
         session, coupon_set=coupon_set, kind=ImportKind.codes, job_id=job_id
     )
-    return StreamingResponse(
-        imports.error_report(pool, job.id),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="import-{job.id}-errors.csv"'},
-    )
+    return downloads.import_errors(pool, job.id)
 
 
 @router.get("/{set_id}/export")
@@ -343,11 +340,7 @@ async def export(
     prepared = await exports.prepare_export(
         session, coupon_set=coupon_set, format=format, status=status, pool=code_pool or None
     )
-    return StreamingResponse(
-        exports.stream_export(pool, prepared),
-        media_type=prepared.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{prepared.filename}"'},
-    )
+    return downloads.codes(pool, prepared)
 
 
 @router.post("/{set_id}/deliveries")
