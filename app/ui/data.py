@@ -17,7 +17,7 @@ from app.models.api_key import ApiKey
 from app.models.coupon_set import CouponSet, SetKind
 from app.pagination import PageParams
 from app.schemas.pool import PoolUpdate
-from app.schemas.stats import Forecast, TimelineBucket, TimelineMetric
+from app.schemas.stats import Forecast, SetGlance, TimelineBucket, TimelineMetric
 from app.services import pools, recipients
 from app.services.events import endpoints
 from app.services.stats import service as stats_service
@@ -123,29 +123,37 @@ async def set_stats(session: AsyncSession, key: ApiKey, coupon_set: CouponSet) -
     return _set_stats(found.forecast, available)
 
 
+async def glances(session: AsyncSession, sets: list[CouponSet]) -> dict[uuid.UUID, SetGlance]:
+    """The set list's counts of a page's sets (GET /v1/coupon-sets), read once for the
+    page's stock bars and its stats."""
+    return await stats_service.glances(session, sets)
+
+
 async def set_list_stats(
-    session: AsyncSession, key: ApiKey, sets: list[CouponSet]
+    session: AsyncSession,
+    key: ApiKey,
+    sets: list[CouponSet],
+    glanced: dict[uuid.UUID, SetGlance],
 ) -> dict[uuid.UUID, SetStats] | None:
     """Days of stock left and the low-stock mark of each set-list item: what
-    ``set_stats`` gives each, for the whole page in two statements."""
-    glanced = await stats_service.glances(session, sets)
+    ``set_stats`` gives each, for the whole page in one more statement."""
     found = await stats_service.forecasts(session, sets, glanced)
     return {s.id: _set_stats(found[s.id], glanced[s.id].available) for s in sets}
 
 
-async def set_list_stock(
-    session: AsyncSession, sets: list[CouponSet]
+def set_list_stock(
+    sets: list[CouponSet], glanced: dict[uuid.UUID, SetGlance]
 ) -> dict[uuid.UUID, dict[str, int]]:
     """The stock bar of each unique set of a set-list page, from the set list's counts."""
-    glances = await stats_service.glances(session, [s for s in sets if s.kind == SetKind.unique])
     return {
-        set_id: {
-            "available": g.available or 0,
-            "assigned": g.assigned or 0,
-            "redeemed": g.redeemed or 0,
-            "total": g.total or 0,
+        s.id: {
+            "available": glanced[s.id].available or 0,
+            "assigned": glanced[s.id].assigned or 0,
+            "redeemed": glanced[s.id].redeemed or 0,
+            "total": glanced[s.id].total or 0,
         }
-        for set_id, g in glances.items()
+        for s in sets
+        if s.kind == SetKind.unique
     }
 
 

@@ -64,8 +64,9 @@ async def set_list(
         session, q=q or None, kind=kind or None, status=status or None, params=params
     )
     shown = rows[:PAGE]
-    stock = await data.set_list_stock(session, shown)
-    stats = await data.set_list_stats(session, login.key, shown)
+    glanced = await data.glances(session, shown)
+    stock = data.set_list_stock(shown, glanced)
+    stats = await data.set_list_stats(session, login.key, shown, glanced)
     return render(
         request,
         "sets.html",

@@ -133,7 +133,7 @@ async def test_the_set_list_gives_each_set_what_its_own_page_does(
         ]
         key = await api_keys.find_active(session, secret=ADMIN_SECRET, cache=app.state.key_cache)
         assert key is not None
-        page = await data.set_list_stats(session, key, sets)
+        page = await data.set_list_stats(session, key, sets, await data.glances(session, sets))
         one_by_one = {s.id: await data.set_stats(session, key, s) for s in sets}
     assert page == one_by_one
     busy, idle, shared, unlimited = (page[s.id] for s in sets)
