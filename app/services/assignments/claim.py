@@ -125,20 +125,6 @@ class _Claim:
 MAX_SPELLINGS = 4096
 
 
-def _claimed(row: asyncpg.Record) -> dict[str, Any]:
-    """A batch row's claim, as claim_code() returns one."""
-    return {
-        "id": row["code_id"],
-        "code": row["code"],
-        "assigned_at": row["assigned_at"],
-        "address": row["address"],
-        "channel": row["channel"],
-        "delivery_id": row["delivery_id"],
-        "additional": row["additional"],
-        "created": row["created"],
-    }
-
-
 # A batch's answers besides a claim's row or None (no code left for it):
 _CLAIM_SINGLY = object()  # claim alone (see ClaimCoalescer._execute)
 _UNUSABLE = object()  # the set refused the claim (archived, outside its validity)
@@ -275,7 +261,8 @@ class ClaimCoalescer:
         created = [row["code_id"] for row in rows if row["created"]]
         if created:
             self._hint.advance(found.pool_id, max(created))
-        by_ord = {row["ord"]: _claimed(row) for row in rows if row["ord"] is not None}
+        # Each row carries its claim under claim_code()'s names (the code's id as code_id).
+        by_ord = {row["ord"]: row for row in rows if row["ord"] is not None}
         return [(found, by_ord.get(n)) for n in range(1, len(batch) + 1)]
 
     @staticmethod
